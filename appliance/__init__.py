@@ -1,0 +1,1 @@
+"""Outband: build, launch, verify and destroy disposable Matrix appliances."""

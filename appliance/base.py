@@ -1,0 +1,86 @@
+"""The base root tree: Debian packages only (mmdebstrap), cached by its inputs.
+
+mmdebstrap is reproducible with SOURCE_DATE_EPOCH set (debootstrap is not: machine-id, ldconfig
+aux-cache, man-db). The cached tree is reused for `base_max_age_days`, then rebuilt so a new
+image picks up Debian's security updates.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from appliance import log
+from appliance.cache import Cache, digest
+from appliance.config import IMAGES, Settings
+from appliance.run import run
+
+BASE = IMAGES / "base"
+# Fixed timestamp for reproducible trees; bump together with the recipe, not per build.
+SOURCE_DATE_EPOCH = "1764115200"  # 2025-11-26
+
+
+def packages() -> list[str]:
+    lines = (BASE / "packages.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def mirrors(s: Settings) -> list[str]:
+    suite = s.image.suite
+    return [
+        f"deb {s.image.mirror} {suite} main",
+        f"deb {s.image.mirror} {suite}-updates main",
+        f"deb {s.image.security_mirror} {suite}-security main",
+    ]
+
+
+def key(s: Settings) -> str:
+    return digest("base-v1", s.image.suite, mirrors(s), SOURCE_DATE_EPOCH, BASE)
+
+
+def mmdebstrap_argv(s: Settings, target: Path) -> list[str]:
+    return [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        "--format=directory",
+        "--include=" + ",".join(packages()),
+        # No man pages or docs in an appliance; copyright files stay (licences, SBOM).
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        f'--customize-hook={BASE / "customize.sh"} "$1"',
+        s.image.suite,
+        str(target),
+        *mirrors(s),
+    ]
+
+
+def ensure(s: Settings, cache: Cache) -> Path:
+    """The cached base tree for these settings, building it if missing or too old."""
+    final = cache.path("base", key(s))
+    if cache.fresh(final, s.image.base_max_age_days):
+        log.detail(f"base tree from cache: {final}")
+        return final
+    with log.step(f"Base tree: Debian {s.image.suite} from packages (mmdebstrap)"):
+        tmp = cache.tmp(final)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
+            "TMPDIR": str(cache.root),
+        }
+        try:
+            run(
+                mmdebstrap_argv(s, tmp),
+                what="mmdebstrap",
+                env=env,
+                hint="check that the Debian mirror is reachable and the disk has ~2 GB free",
+            )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        cache.prune("base", keep=set())
+        return cache.commit(tmp, final)

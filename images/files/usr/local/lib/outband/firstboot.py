@@ -1,0 +1,266 @@
+#!/usr/bin/python3
+"""Outband first boot: apply the launch contract, once.
+
+cloud-init writes the contract (/etc/outband/launch.json, root 0600) from user-data; this unit
+then: writes each secret to its own file (owner and mode per consumer), renders the configs from
+the baked templates, creates the database role, starts nginx for ACME http-01, obtains the
+certificate, starts Synapse and coturn, and finally removes every copy of the user-data it can
+and retires cloud-init (an appliance is configured once; a reboot must not re-run it).
+No secret is ever printed or passed on a command line.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jinja2
+
+CONTRACT = Path("/etc/outband/launch.json")
+MARKER = Path("/var/lib/outband/configured")
+TEMPLATES = Path("/usr/local/lib/outband/templates")
+SECRETS = Path("/etc/synapse/secrets")
+SCHEMA = 1
+SECRET_NAMES = ("signing_key", "macaroon", "form", "registration_shared", "turn", "db_password")
+# coturn must never relay into these (anchors: synapse coturn docs, CVE-2020-26262).
+DENIED_PEER_IPS = [
+    "0.0.0.0-0.255.255.255",
+    "10.0.0.0-10.255.255.255",
+    "100.64.0.0-100.127.255.255",
+    "127.0.0.0-127.255.255.255",
+    "169.254.0.0-169.254.255.255",
+    "172.16.0.0-172.31.255.255",
+    "192.0.0.0-192.0.0.255",
+    "192.0.2.0-192.0.2.255",
+    "192.88.99.0-192.88.99.255",
+    "192.168.0.0-192.168.255.255",
+    "198.18.0.0-198.19.255.255",
+    "198.51.100.0-198.51.100.255",
+    "203.0.113.0-203.0.113.255",
+    "224.0.0.0-239.255.255.255",
+    "240.0.0.0-255.255.255.255",
+    "::1",
+    "64:ff9b::-64:ff9b::ffff:ffff",
+    "::ffff:0.0.0.0-::ffff:255.255.255.255",
+    "100::-100::ffff:ffff:ffff:ffff",
+    "2001::-2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "2002::-2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+]
+# Every place cloud-init keeps user-data or the merged config (which holds the SSH host key).
+USER_DATA_COPIES = [
+    "/var/lib/cloud/instance/user-data.txt",
+    "/var/lib/cloud/instance/user-data.txt.i",
+    "/var/lib/cloud/instance/cloud-config.txt",
+    "/var/lib/cloud/instance/obj.pkl",
+    "/var/lib/cloud/instance/vendor-data.txt",
+    "/var/lib/cloud/instance/vendor-data.txt.i",
+    "/var/lib/cloud/instance/vendor-data2.txt",
+    "/var/lib/cloud/instance/vendor-data2.txt.i",
+    "/run/cloud-init/instance-data-sensitive.json",
+    "/run/cloud-init/combined-cloud-config.json",
+    "/var/lib/cloud/seed",
+]
+
+
+def say(message: str) -> None:
+    print(f"outband-firstboot: {message}", flush=True)
+
+
+def run(*argv: str, input: str | None = None, env: dict[str, str] | None = None) -> None:
+    say("running " + " ".join(argv))  # argv never holds a secret: those go through files/stdin
+    subprocess.run(argv, input=input, text=True, check=True, env={**os.environ, **(env or {})})
+
+
+def write(path: Path, content: str, owner: str = "root", group: str = "root", mode: int = 0o600) -> None:
+    """Create with the final owner and mode before any byte is written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchown(fd, pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid)
+        os.fchmod(fd, mode)
+        os.write(fd, content.encode())
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+
+
+def load_contract() -> dict:
+    contract = json.loads(CONTRACT.read_text())
+    if contract.get("schema") != SCHEMA:
+        raise SystemExit(f"launch contract schema {contract.get('schema')!r} is not {SCHEMA}")
+    missing = [k for k in ("domain", "contact_email", "acme", "secrets") if k not in contract]
+    missing += [f"secrets.{k}" for k in SECRET_NAMES if k not in contract.get("secrets", {})]
+    if missing:
+        raise SystemExit("launch contract lacks " + ", ".join(missing))
+    return contract
+
+
+def write_secrets(c: dict) -> None:
+    s = c["secrets"]
+    SECRETS.mkdir(parents=True, exist_ok=True)
+    os.chown(SECRETS, 0, grp.getgrnam("synapse").gr_gid)
+    SECRETS.chmod(0o750)
+    write(SECRETS / "signing.key", s["signing_key"].strip() + "\n", "root", "synapse", 0o640)
+    for name in ("macaroon", "form", "registration_shared", "turn"):
+        write(SECRETS / name, s[name], "root", "synapse", 0o640)
+    # libpq ignores a password file that its user does not own or that others can read.
+    write(SECRETS / "pgpass", f"127.0.0.1:5432:synapse:synapse:{s['db_password']}\n", "synapse", "synapse", 0o600)
+
+
+def render_configs(c: dict, env: jinja2.Environment) -> None:
+    d = c["domain"]
+    values = {"domain": d, "public_ip": c.get("public_ip", ""), "private_ip": c.get("private_ip", "")}
+    write(
+        Path("/etc/synapse/homeserver.yaml"),
+        env.get_template("homeserver.yaml.j2").render(values),
+        "root",
+        "synapse",
+        0o640,
+    )
+    write(Path("/etc/synapse/log.yaml"), env.get_template("log.yaml.j2").render(values), "root", "synapse", 0o640)
+    write(
+        Path("/etc/turnserver.conf"),
+        env.get_template("turnserver.conf.j2").render(
+            values, turn_secret=c["secrets"]["turn"], denied_peer_ips=DENIED_PEER_IPS
+        ),
+        "root",
+        "turnserver",
+        0o640,
+    )
+    write(
+        Path("/etc/outband/web/config.json"),
+        env.get_template("webclient-config.json.j2").render(values),
+        "root",
+        "root",
+        0o644,
+    )
+    Path("/etc/outband/web").chmod(0o755)
+    Path("/etc/outband").chmod(0o711)
+
+
+def render_site(c: dict, env: jinja2.Environment, tls: bool) -> None:
+    site = Path("/etc/nginx/sites-available/outband.conf")
+    write(site, env.get_template("nginx-site.conf.j2").render(domain=c["domain"], tls=tls), mode=0o644)
+    enabled = Path("/etc/nginx/sites-enabled/outband.conf")
+    if not enabled.exists():
+        enabled.symlink_to(site)
+
+
+# Synapse refuses a database whose collation/ctype is not exactly C. Idempotent.
+ROLE_AND_DATABASE_SQL = """
+SELECT 'CREATE ROLE synapse LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'synapse')\\gexec
+SELECT 'CREATE DATABASE synapse OWNER synapse ENCODING ''UTF8'' LC_COLLATE ''C'' LC_CTYPE ''C'' TEMPLATE template0'
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'synapse')\\gexec
+"""
+
+
+def create_database(c: dict) -> None:
+    for _ in range(120):
+        if subprocess.run(["pg_isready", "-q", "-h", "/var/run/postgresql"], check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+    password = c["secrets"]["db_password"].replace("'", "''")
+    # The password is ours (URL-safe random) and quoted anyway; psql reads it on stdin, not argv.
+    sql = ROLE_AND_DATABASE_SQL + f"ALTER ROLE synapse WITH LOGIN PASSWORD '{password}';\n"
+    run("runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", input=sql)
+
+
+def obtain_certificate(c: dict) -> None:
+    d = c["domain"]
+    acme = c["acme"]
+    env = {}
+    if acme.get("ca_pem"):
+        # A private ACME CA (the local target's pebble): trust its API's certificate for certbot only.
+        write(Path("/etc/outband/acme-ca.pem"), acme["ca_pem"], mode=0o644)
+        env["REQUESTS_CA_BUNDLE"] = "/etc/outband/acme-ca.pem"
+    names = [d, f"matrix.{d}", f"element.{d}", f"riot.{d}"]
+    argv = [
+        "certbot",
+        "certonly",
+        "--non-interactive",
+        "--agree-tos",
+        "--no-eff-email",
+        "--webroot",
+        "-w",
+        "/var/www/acme",
+        "--cert-name",
+        "outband",
+        "--key-type",
+        "ecdsa",
+        "--server",
+        acme["directory"],
+        "-m",
+        c["contact_email"],
+    ]
+    for name in names:
+        argv += ["-d", name]
+    for attempt in range(1, 4):
+        try:
+            run(*argv, env=env)
+            break
+        except subprocess.CalledProcessError:
+            if attempt == 3:
+                raise
+            time.sleep(5 * attempt)
+    run("/etc/letsencrypt/renewal-hooks/deploy/outband")
+
+
+def remove_user_data() -> None:
+    for path in [str(CONTRACT), *USER_DATA_COPIES]:
+        p = Path(path)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    for inst in Path("/var/lib/cloud/instances").glob("*"):
+        for name in (
+            "user-data.txt",
+            "user-data.txt.i",
+            "cloud-config.txt",
+            "obj.pkl",
+            "vendor-data.txt",
+            "vendor-data.txt.i",
+        ):
+            (inst / name).unlink(missing_ok=True)
+    # Configured once: a reboot must not re-run cloud-init (it would, without its cached state).
+    Path("/etc/cloud/cloud-init.disabled").write_text("Outband: configured at first boot\n")
+
+
+def main() -> int:
+    started = time.monotonic()
+    c = load_contract()
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )  # noqa: S701 -- config files, not HTML
+    write_secrets(c)
+    render_configs(c, env)
+    create_database(c)
+    render_site(c, env, tls=False)
+    run("systemctl", "start", "nginx.service")
+    obtain_certificate(c)
+    render_site(c, env, tls=True)
+    run("nginx", "-t", "-q")
+    run("systemctl", "reload", "nginx.service")
+    MARKER.parent.mkdir(parents=True, exist_ok=True)
+    MARKER.write_text(c["domain"] + "\n")
+    run("systemctl", "start", "synapse.service", "coturn.service")
+    remove_user_data()
+    say(f"appliance configured for {c['domain']} in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

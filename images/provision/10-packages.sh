@@ -1,0 +1,16 @@
+#!/bin/sh
+# inputs: lock/apt-packages.txt
+# Server packages. No daemon may start while the image is made, in a chroot or on a live build VM:
+# policy-rc.d refuses every start (diskimage-builder's trick); first boot starts the services.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+printf '#!/bin/sh\n# Outband build: no daemon starts while the image is made.\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+apt-get update -q
+# The base may be a few days old: take the security updates now.
+apt-get -y -q -o Dpkg::Options::=--force-confold dist-upgrade
+# shellcheck disable=SC2046 # one package name per word
+apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold \
+  $(sed -e 's/#.*//' "$OUTBAND_STAGE/lock/apt-packages.txt")
+# Packages' own default sites and configs are replaced by the appliance's.
+rm -f /etc/nginx/sites-enabled/default

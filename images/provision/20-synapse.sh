@@ -1,0 +1,14 @@
+#!/bin/sh
+# inputs: lock/synapse.txt
+# Synapse in its own venv, exactly the locked wheels, hash-checked, never compiled here.
+# psycopg2 has no wheel: Debian's python3-psycopg2 comes in through the system site-packages.
+set -eu
+id synapse >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/synapse \
+  --shell /usr/sbin/nologin synapse
+install -d -o synapse -g synapse -m 0750 /var/lib/synapse /var/lib/synapse/media
+install -d -o root -g synapse -m 0750 /etc/synapse
+rm -rf /opt/synapse
+python3 -m venv --system-site-packages /opt/synapse
+PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/synapse/bin/pip install --quiet --no-deps \
+  --require-hashes --only-binary=:all: --ignore-installed -r "$OUTBAND_STAGE/lock/synapse.txt"
+/opt/synapse/bin/python -c 'import synapse, psycopg2; print("synapse", synapse.__version__)'

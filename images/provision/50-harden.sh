@@ -1,0 +1,14 @@
+#!/bin/sh
+# inputs: -
+# Hardening that is not a file drop: accounts, permissions, and proof that no compiler is left.
+set -eu
+# No password for anyone: SSH keys only, sudo for the operator user made by cloud-init.
+usermod -p '*' root
+# sshd: host key is injected per launch, ed25519 only.
+for f in /etc/ssh/sshd_config.d/*.conf; do chmod 0644 "$f"; done
+# Compilers must not be in an appliance (nothing here needs one at run time).
+for pkg in gcc cpp g++ make build-essential libc6-dev python3-dev; do
+  if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    echo "compiler package $pkg is installed" >&2; exit 1
+  fi
+done

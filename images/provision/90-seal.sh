@@ -1,0 +1,35 @@
+#!/bin/sh
+# inputs: seal-gate.py extra-ca
+# Seal, last on every path: remove everything that is per-machine, per-build or secret, then run
+# the gate, which fails the bake if any private key, secret, authorized key or extra CA remains.
+set -eu
+rm -f /usr/sbin/policy-rc.d
+# Build-time trust goes: the image trusts Debian's CA list only.
+rm -rf /usr/local/share/ca-certificates/outband-build
+update-ca-certificates --fresh >/dev/null 2>&1
+# Keys and logins of the builder.
+rm -f /etc/ssh/ssh_host_*
+rm -rf /root/.ssh
+find /home -name authorized_keys -delete 2>/dev/null || true
+rm -f /root/.bash_history /root/.python_history /root/.lesshst /root/.wget-hsts
+find /home -name '.*_history' -delete 2>/dev/null || true
+# apt lists and caches: stale in a week, and they bloat the image.
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+# cloud-init state from a build VM, and identity: each launch is a first boot.
+rm -rf /var/lib/cloud/* /run/cloud-init 2>/dev/null || true
+echo uninitialized > /etc/machine-id
+rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
+echo outband > /etc/hostname
+ln -sf ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
+# Logs and temporary files.
+find /var/log -type f -exec truncate -s 0 {} +
+rm -rf /var/log/journal/* /root/.cache /var/tmp/* /var/cache/debconf/*-old /var/lib/dpkg/*-old
+# The gate reads the build's extra CAs to prove they are gone; keep it in memory, drop the stage.
+gate=$(cat "$OUTBAND_STAGE/seal-gate.py")
+stage="$OUTBAND_STAGE"
+forbid=""
+for ca in "$stage"/extra-ca/*.crt; do [ -f "$ca" ] && forbid="$forbid $(base64 -w0 < "$ca")"; done
+rm -rf "$stage" /tmp/* 2>/dev/null || true
+# shellcheck disable=SC2086
+python3 -c "$gate" --root / $(for b in $forbid; do printf -- '--forbid-ca-b64 %s ' "$b"; done)
