@@ -82,9 +82,9 @@ def make_core_image(tree: Path, fsid: str, out: Path) -> None:
                 "-c",
                 "/tmp/outband-grub/early.cfg",
                 "-p",
-                "/boot/grub",  # noqa: S108
+                "/boot/grub",
                 "-o",
-                "/tmp/outband-grub/core.img",  # noqa: S108
+                "/tmp/outband-grub/core.img",
                 *GRUB_MODULES,
             ],
             what="grub-mkimage",

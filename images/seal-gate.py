@@ -24,7 +24,11 @@ PRIVATE_KEY = re.compile(
 SIGNING_KEY = re.compile(rb"^ed25519 [A-Za-z0-9_]+ [A-Za-z0-9+/]{43}\s*$", re.MULTILINE)
 SKIP_DIRS = {"proc", "sys", "dev", "run"}
 # Public test fixtures that ship inside Python packages (twisted, cryptography…): not secrets.
-FIXTURE = re.compile(r"/(?:site|dist)-packages/.*/(?:tests?|testing|test_\w+)(?:/|\.py$)")
+FIXTURE = re.compile(
+    r"/(?:site|dist)-packages/.*/(?:tests?|testing|test_\w+)(?:/|\.py$)"
+    # Synapse's manhole (disabled here) embeds a fixed, published SSH key in its source.
+    r"|/site-packages/synapse/util/(?:__pycache__/)?manhole[.\w-]*\.pyc?$"
+)
 SCAN_LIMIT = 1 << 20
 SECRET_FILES = [
     "etc/outband/launch.json",

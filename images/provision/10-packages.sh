@@ -14,3 +14,9 @@ apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold
   $(sed -e 's/#.*//' "$OUTBAND_STAGE/lock/apt-packages.txt")
 # Packages' own default sites and configs are replaced by the appliance's.
 rm -f /etc/nginx/sites-enabled/default
+# ssl-cert generated a "snakeoil" key pair during the install: one private key shared by every
+# appliance. Nothing uses it (PostgreSQL listens on localhost only, without TLS): remove it.
+for conf in /etc/postgresql/*/main/postgresql.conf; do
+  sed -i -e "s/^ssl = on/ssl = off/" -e "s/^#\?listen_addresses = .*/listen_addresses = 'localhost'/" "$conf"
+done
+rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem

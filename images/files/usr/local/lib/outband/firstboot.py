@@ -243,8 +243,8 @@ def main() -> int:
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,
-    )  # noqa: S701 -- config files, not HTML
+        autoescape=False,  # noqa: S701 -- renders config files, not HTML
+    )
     write_secrets(c)
     render_configs(c, env)
     create_database(c)
