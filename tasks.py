@@ -5,17 +5,21 @@ from __future__ import annotations
 from invoke import Collection, Context, task
 
 from appliance import bake as bake_mod
+from appliance import launch as launch_mod
 from appliance import lock as lock_mod
 from appliance import log
+from appliance import verify as verify_mod
 from appliance.cache import Cache
 from appliance.cli import command, settings
 
 
-@task(help={
-    "target": "local (default) or digitalocean",
-    "webclient": "element (pinned release) or hydrogen (built offline from npm)",
-    "via": "local target only: chroot (fast, default) or packer (the Packer qemu source, live system)",
-})
+@task(
+    help={
+        "target": "local (default) or digitalocean",
+        "webclient": "element (pinned release) or hydrogen (built offline from npm)",
+        "via": "local target only: chroot (fast, default) or packer (the Packer qemu source, live system)",
+    }
+)
 def bake(c: Context, target: str | None = None, webclient: str | None = None, via: str = "chroot") -> None:
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
     s = settings(c, target=target, webclient=webclient)
@@ -34,4 +38,52 @@ def lock(c: Context) -> None:
         lock_mod.lock(s, Cache(s.dirs.cache))
 
 
-ns = Collection(bake, lock)
+@task(
+    help={
+        "name": "appliance name (default: outband.name)",
+        "domain": "its domain D (default: <name>.outband.test on the local target)",
+        "image": "qcow2 to boot (default: the latest bake)",
+        "target": "local (default) or digitalocean",
+        "keep-on-failure": "debugging: keep a failed appliance for inspection instead of cleaning it up",
+    }
+)
+def launch(
+    c: Context,
+    name: str | None = None,
+    domain: str | None = None,
+    image: str | None = None,
+    target: str | None = None,
+    keep_on_failure: bool = False,
+) -> None:
+    """Boot an appliance with fresh per-launch secrets; returns when it is healthy."""
+    s = settings(c, target=target)
+    with command("launch", s):
+        record = launch_mod.launch(s, name=name, domain=domain, image=image, keep_on_failure=keep_on_failure)
+        launch_mod.print_summary(record)
+
+
+@task(help={"name": "appliance name (default: outband.name)"})
+def verify(c: Context, name: str | None = None) -> None:
+    """Run tests/infra (pytest-testinfra over SSH with the pinned host key) against an appliance."""
+    s = settings(c)
+    with command("verify", s):
+        verify_mod.verify(s, name or s.name)
+
+
+@task(help={"name": "appliance name (default: outband.name)", "yes": "do not ask for confirmation"})
+def destroy(c: Context, name: str | None = None, yes: bool = False) -> None:
+    """Stop an appliance and remove everything made for it (secrets shredded). Idempotent."""
+    s = settings(c)
+    with command("destroy", s):
+        launch_mod.destroy(s, name or s.name, yes=yes)
+
+
+@task(name="ls")
+def list_(c: Context) -> None:
+    """List the appliances known on this machine."""
+    s = settings(c)
+    with command("ls"):
+        launch_mod.print_list(s)
+
+
+ns = Collection(bake, launch, verify, destroy, list_, lock)

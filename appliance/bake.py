@@ -36,6 +36,10 @@ def images_dir(s: Settings) -> Path:
     return s.dirs.output / "images"
 
 
+def kernel_for(image: Path) -> Path:
+    return image.with_suffix(".vmlinuz")
+
+
 def latest(s: Settings) -> Image | None:
     """The newest image baked on this machine, if any."""
     pointer = images_dir(s) / "latest.json"
@@ -45,14 +49,18 @@ def latest(s: Settings) -> Image | None:
     path = images_dir(s) / data["image"]
     if not path.exists():
         return None
-    return Image(data["name"], path, images_dir(s) / data["manifest"], images_dir(s) / data["sbom"],
-                 path.stat().st_size)
+    return Image(
+        data["name"], path, images_dir(s) / data["manifest"], images_dir(s) / data["sbom"], path.stat().st_size
+    )
 
 
 def preflight(s: Settings) -> None:
     if os.geteuid() != 0:
-        die("bake needs root (mmdebstrap in root mode, chroot, mounts)", hint="run it as root or with sudo",
-            status=ExitStatus.USAGE)
+        die(
+            "bake needs root (mmdebstrap in root mode, chroot, mounts)",
+            hint="run it as root or with sudo",
+            status=ExitStatus.USAGE,
+        )
     for tool in ("mmdebstrap", "qemu-img", "sfdisk", "mkfs.ext4", "chroot", "mount"):
         require(tool)
     if s.webclient == "hydrogen":
@@ -61,8 +69,10 @@ def preflight(s: Settings) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(folder).free >> 30
         if free < MIN_FREE_GB:
-            die(f"only {free} GiB free under {folder}; a bake needs about {MIN_FREE_GB} GiB",
-                hint="free some space or point outband.dirs.cache/output elsewhere")
+            die(
+                f"only {free} GiB free under {folder}; a bake needs about {MIN_FREE_GB} GiB",
+                hint="free some space or point outband.dirs.cache/output elsewhere",
+            )
 
 
 @contextlib.contextmanager
@@ -94,19 +104,33 @@ def bake(s: Settings) -> Image:
                 installed = sbom.installed_wheels(tree)
                 missing = [w["name"] for w in wheels if installed.get(w["name"].replace("_", "-")) != w["version"]]
                 if missing:
-                    die(f"the Synapse venv does not match the lock for: {', '.join(missing)}",
-                        hint="run `invoke lock` and bake again")
+                    die(
+                        f"the Synapse venv does not match the lock for: {', '.join(missing)}",
+                        hint="run `invoke lock` and bake again",
+                    )
                 bom = sbom.cyclonedx(name, recipe_hash, debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
             with log.step(f"Disk image ({s.image.disk_gb} GiB, BIOS/GRUB) → compressed qcow2"):
                 fsid = disk.fs_uuid(recipe_hash)
                 disk.prepare_boot(tree, fsid)
+                # The image's kernel, kept beside it: launch's KVM probe boots it (appliance.qemu).
+                shutil.copyfile((tree / "vmlinuz").resolve(), tmp / "vmlinuz")
                 disk.write_disk(tree, tmp / "disk.raw", s.image.disk_gb, fsid)
                 disk.to_qcow2(tmp / "disk.raw", tmp / "image.qcow2")
-            return publish(s, name, recipe_hash, base_key, web, bom, debs, wheels, tmp / "image.qcow2")
+            return publish(s, name, recipe_hash, base_key, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz")
 
 
-def publish(s: Settings, name: str, recipe_hash: str, base_key: str, web: webclient.WebClient, bom: dict,
-            debs: list, wheels: list, qcow2: Path) -> Image:
+def publish(
+    s: Settings,
+    name: str,
+    recipe_hash: str,
+    base_key: str,
+    web: webclient.WebClient,
+    bom: dict,
+    debs: list,
+    wheels: list,
+    qcow2: Path,
+    kernel: Path,
+) -> Image:
     """Move the finished image under its final name; the name only ever holds a complete image."""
     out = images_dir(s)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,9 +152,11 @@ def publish(s: Settings, name: str, recipe_hash: str, base_key: str, web: webcli
     }
     sbom.write_json(sbom_path, bom)
     sbom.write_json(manifest_path, manifest)
+    shutil.copyfile(kernel, kernel_for(final))
     tmp = out / f".{final.name}.tmp"
     shutil.move(qcow2, tmp)
     tmp.replace(final)
-    sbom.write_json(out / "latest.json", {"name": name, "image": final.name, "manifest": manifest_path.name,
-                                          "sbom": sbom_path.name})
+    sbom.write_json(
+        out / "latest.json", {"name": name, "image": final.name, "manifest": manifest_path.name, "sbom": sbom_path.name}
+    )
     return Image(name, final, manifest_path, sbom_path, final.stat().st_size)

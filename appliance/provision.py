@@ -81,8 +81,11 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 def run_in_tree(tree: Path, script: Script, binds: dict[str, Path], env: dict[str, str]) -> None:
     with chroot.mounted(tree, binds):
-        run(["chroot", tree, "/bin/sh", "-eu", f"/{STAGE_IN_TREE}/provision/{script.name}"],
-            what=f"provision script {script.name}", env=env)
+        run(
+            ["chroot", tree, "/bin/sh", "-eu", f"/{STAGE_IN_TREE}/provision/{script.name}"],
+            what=f"provision script {script.name}",
+            env=env,
+        )
 
 
 def provision_tree(base_tree: Path, base_key: str, stage_dir: Path, work: Path, cache: Cache) -> Path:
@@ -101,11 +104,13 @@ def provision_tree(base_tree: Path, base_key: str, stage_dir: Path, work: Path, 
     chroot.use_host_resolver(work)
     shutil.rmtree(work / STAGE_IN_TREE, ignore_errors=True)  # a layer holds the stage of its bake
     shutil.copytree(stage_dir, work / STAGE_IN_TREE)
-    env = chroot.clean_env({
-        "OUTBAND_STAGE": f"/{STAGE_IN_TREE}",
-        # After 00-build-ca this bundle also holds the build-time extra CAs (proxies).
-        "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
-    })
+    env = chroot.clean_env(
+        {
+            "OUTBAND_STAGE": f"/{STAGE_IN_TREE}",
+            # After 00-build-ca this bundle also holds the build-time extra CAs (proxies).
+            "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+        }
+    )
     # Download caches shared across bakes; never bound during the seal (it cleans caches).
     binds = {"/var/cache/apt/archives": cache.root / "apt-archives", "/root/.cache/pip": cache.root / "pip"}
     keep = {cache.path("layers", key) for _, key in keyed}

@@ -15,8 +15,12 @@ _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
 
 def debian_packages(tree: Path) -> list[dict[str, str]]:
-    out = run(["chroot", tree, "dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\n"],
-              what="dpkg-query", capture=True, env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    out = run(
+        ["chroot", tree, "dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\n"],
+        what="dpkg-query",
+        capture=True,
+        env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+    )
     rows = [line.split("\t") for line in out.splitlines() if line.strip()]
     return [{"name": n, "version": v, "arch": a} for n, v, a in sorted(rows)]
 
@@ -27,8 +31,7 @@ def locked_wheels(lock_file: Path) -> list[dict[str, Any]]:
     for block in re.split(r"\n(?=\S)", lock_file.read_text()):
         match = _REQ.match(block)
         if match:
-            wheels.append({"name": match.group(1).lower(), "version": match.group(2),
-                           "sha256": _HASH.findall(block)})
+            wheels.append({"name": match.group(1).lower(), "version": match.group(2), "sha256": _HASH.findall(block)})
     return sorted(wheels, key=lambda w: w["name"])
 
 
@@ -41,39 +44,67 @@ def installed_wheels(tree: Path) -> dict[str, str]:
     return found
 
 
-def cyclonedx(image_name: str, recipe_hash: str, debs: list[dict[str, str]], wheels: list[dict[str, Any]],
-              web: WebClient, suite_version: str) -> dict[str, Any]:
+def cyclonedx(
+    image_name: str,
+    recipe_hash: str,
+    debs: list[dict[str, str]],
+    wheels: list[dict[str, Any]],
+    web: WebClient,
+    suite_version: str,
+) -> dict[str, Any]:
     components: list[dict[str, Any]] = []
     for d in debs:
-        components.append({"type": "library", "name": d["name"], "version": d["version"],
-                           "purl": f"pkg:deb/debian/{d['name']}@{d['version']}?arch={d['arch']}"
-                                   f"&distro=debian-{suite_version}"})
+        components.append(
+            {
+                "type": "library",
+                "name": d["name"],
+                "version": d["version"],
+                "purl": f"pkg:deb/debian/{d['name']}@{d['version']}?arch={d['arch']}&distro=debian-{suite_version}",
+            }
+        )
     for w in wheels:
-        components.append({"type": "library", "name": w["name"], "version": w["version"],
-                           "purl": f"pkg:pypi/{w['name']}@{w['version']}",
-                           "hashes": [{"alg": "SHA-256", "content": h} for h in w["sha256"]]})
+        components.append(
+            {
+                "type": "library",
+                "name": w["name"],
+                "version": w["version"],
+                "purl": f"pkg:pypi/{w['name']}@{w['version']}",
+                "hashes": [{"alg": "SHA-256", "content": h} for h in w["sha256"]],
+            }
+        )
     for c in web.components:
-        entry: dict[str, Any] = {"type": "application" if c["name"] in ("element-web",) else "library",
-                                 "name": c["name"], "version": c["version"]}
+        entry: dict[str, Any] = {
+            "type": "application" if c["name"] in ("element-web",) else "library",
+            "name": c["name"],
+            "version": c["version"],
+        }
         if "sha256" in c:
             entry["hashes"] = [{"alg": "SHA-256", "content": c["sha256"]}]
             entry["purl"] = f"pkg:generic/{c['name']}@{c['version']}"
         else:
             entry["purl"] = f"pkg:npm/{c['name'].replace('@', '%40')}@{c['version']}"
             if c.get("integrity"):
-                entry["properties"] = [{"name": "npm:integrity", "value": c["integrity"]},
-                                       {"name": "npm:dev", "value": str(c["dev"]).lower()}]
+                entry["properties"] = [
+                    {"name": "npm:integrity", "value": c["integrity"]},
+                    {"name": "npm:dev", "value": str(c["dev"]).lower()},
+                ]
         components.append(entry)
     return {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
         "version": 1,
         "metadata": {
-            "component": {"type": "operating-system", "name": image_name, "version": recipe_hash[:12],
-                          "hashes": [{"alg": "SHA-256", "content": recipe_hash}],
-                          "properties": [{"name": "outband:recipe-sha256", "value": recipe_hash},
-                                         {"name": "outband:webclient", "value": f"{web.name} {web.version}"},
-                                         {"name": "outband:webclient-sha256", "value": web.sha256}]},
+            "component": {
+                "type": "operating-system",
+                "name": image_name,
+                "version": recipe_hash[:12],
+                "hashes": [{"alg": "SHA-256", "content": recipe_hash}],
+                "properties": [
+                    {"name": "outband:recipe-sha256", "value": recipe_hash},
+                    {"name": "outband:webclient", "value": f"{web.name} {web.version}"},
+                    {"name": "outband:webclient-sha256", "value": web.sha256},
+                ],
+            },
         },
         "components": components,
     }

@@ -1,0 +1,226 @@
+"""qemu for the local target: acceleration probe, VM start in the background, control over QMP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from appliance import log
+from appliance.errors import ExitStatus, die
+from appliance.run import require, run
+
+QEMU = "qemu-system-x86_64"
+# The probe boots a real Linux kernel with no init: it must reach its panic and exit (-no-reboot)
+# in seconds. /dev/kvm opening proves nothing: a nested PVM hypervisor accepts every call, even
+# runs real-mode code and GRUB, then spins forever once Linux takes over.
+PROBE_TIMEOUT = 10.0
+
+
+def kvm_works(kernel: Path | None) -> bool:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or kernel is None or not kernel.exists():
+        return False
+    with tempfile.NamedTemporaryFile(suffix=".log") as serial:
+        argv = [
+            require(QEMU),
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(kernel),
+            "-append",
+            "console=ttyS0 panic=-1 init=/nonexistent",
+            "-serial",
+            f"file:{serial.name}",
+        ]
+        try:
+            subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return False
+        return b"Kernel panic" in Path(serial.name).read_bytes()
+
+
+def choose_accel(setting: str, kernel: Path | None, cache_dir: Path) -> str:
+    """`auto`: KVM only when the probe proves it runs Linux; TCG otherwise, with a warning.
+
+    The probe's answer is kept for the host's current boot (it cannot change without a reboot).
+    """
+    if setting == "tcg":
+        return "tcg"
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    memo = cache_dir / f"kvm-probe-{boot_id}"
+    if memo.exists():
+        works = memo.read_text().strip() == "yes"
+    else:
+        works = kvm_works(kernel)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        memo.write_text("yes\n" if works else "no\n")
+    if setting == "kvm" and not works:
+        die("KVM does not run guests on this machine", hint="use --accel tcg (or auto)", status=ExitStatus.USAGE)
+    if not works:
+        log.warn("KVM cannot run a guest here: using TCG emulation (slower)")
+        return "tcg"
+    return "kvm"
+
+
+def accel_args(accel: str, cpus: int) -> list[str]:
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host", "-smp", str(cpus)]
+    # Multi-threaded TCG: one host thread per vCPU.
+    return ["-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max", "-smp", str(cpus)]
+
+
+@dataclass(frozen=True)
+class Forward:
+    proto: str  # tcp | udp
+    host_port: int
+    guest_port: int
+
+
+def netdev_arg(address: str, forwards: list[Forward]) -> str:
+    """User-mode networking; every forward listens on the appliance's own loopback address only."""
+    rules = [f"hostfwd={f.proto}:{address}:{f.host_port}-:{f.guest_port}" for f in forwards]
+    return ",".join(["user,id=net0", *rules])
+
+
+def overlay(image: Path, path: Path) -> Path:
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.resolve(), path], what="qemu-img create")
+    return path
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    disk: Path
+    seed: Path | None
+    address: str
+    forwards: list[Forward]
+    accel: str
+    cpus: int
+    memory_mb: int
+    qmp: Path
+    serial_log: Path
+    pidfile: Path
+
+
+def argv(spec: VmSpec) -> list[str]:
+    args = [
+        QEMU,
+        "-name",
+        f"outband-{spec.name}",
+        "-machine",
+        "q35",
+        *accel_args(spec.accel, spec.cpus),
+        "-m",
+        str(spec.memory_mb),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-user-config",
+        "-serial",
+        f"file:{spec.serial_log}",
+        "-qmp",
+        f"unix:{spec.qmp},server=on,wait=off",
+        "-pidfile",
+        str(spec.pidfile),
+        # Guest entropy from the host: sshd, Synapse and certbot never wait for the pool.
+        "-object",
+        "rng-random,filename=/dev/urandom,id=rng0",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+        "-drive",
+        f"file={spec.disk},format=qcow2,if=virtio,discard=unmap,cache=writeback",
+        "-netdev",
+        netdev_arg(spec.address, spec.forwards),
+        "-device",
+        "virtio-net-pci,netdev=net0",
+    ]
+    if spec.seed is not None:
+        args += [
+            "-drive",
+            f"file={spec.seed},format=raw,if=none,id=seed,media=cdrom,readonly=on",
+            "-device",
+            "ide-cd,drive=seed,id=seedcd",
+        ]
+    return args
+
+
+def start(spec: VmSpec, log_file: Path) -> int:
+    """Start qemu detached from this process group (Ctrl-C here must not kill it mid-cleanup)."""
+    require(QEMU)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(argv(spec), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    finally:
+        os.close(fd)
+    # qemu fails fast on a taken port or a bad argument: catch that here, with its message.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            message = log_file.read_text().strip().splitlines()
+            die(
+                f"qemu exited at once: {message[-1] if message else proc.returncode}",
+                hint="is an address or port already taken? see " + str(log_file),
+            )
+        if spec.qmp.exists():
+            break
+        time.sleep(0.1)
+    return proc.pid
+
+
+def qmp(spec_qmp: Path, command: str, **arguments: object) -> object:
+    client = QEMUMonitorProtocol(str(spec_qmp))
+    try:
+        client.connect()
+        return client.cmd(command, **arguments) if arguments else client.cmd(command)
+    finally:
+        client.close()
+
+
+def eject_seed(qmp_socket: Path) -> None:
+    """Take the seed (it holds the user-data) out of the virtual drive, so its file can go."""
+    qmp(qmp_socket, "eject", id="seedcd", force=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return _cmdline(pid).startswith(QEMU)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop(pid: int, qmp_socket: Path | None, timeout: float = 5.0) -> None:
+    """Quit the VM (a disposable appliance needs no clean shutdown); SIGKILL our own PID if it hangs."""
+    if not alive(pid):
+        return
+    if qmp_socket is not None and qmp_socket.exists():
+        try:
+            qmp(qmp_socket, "quit")
+        except Exception as e:  # any QMP failure falls through to the signal below
+            log.detail(f"QMP quit failed: {e}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.05)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)

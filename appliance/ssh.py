@@ -1,0 +1,71 @@
+"""SSH to an appliance with its pinned host key: no trust on first use, anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from appliance.state import Record, write_private
+
+SSH_USER = "outband"
+
+
+def alias(name: str) -> str:
+    return f"outband-{name}"
+
+
+def write_config(record: Record, address: str, port: int, host_public_key: str) -> Path:
+    """known_hosts holds exactly the host key we generated and injected; ssh refuses anything else."""
+    host = alias(record.name)
+    key_type, key_b64 = host_public_key.split()[:2]
+    write_private(record.path("known_hosts"), f"{host} {key_type} {key_b64}\n")
+    config = f"""Host {host}
+    HostName {address}
+    Port {port}
+    User {SSH_USER}
+    HostKeyAlias {host}
+    IdentityFile {record.path("operator_ed25519")}
+    IdentitiesOnly yes
+    UserKnownHostsFile {record.path("known_hosts")}
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    HostKeyAlgorithms ssh-ed25519
+    BatchMode yes
+    ConnectTimeout 10
+    LogLevel ERROR
+    ControlMaster auto
+    ControlPath {record.dir}/cm-%C
+    ControlPersist 120
+"""
+    return write_private(record.path("ssh_config"), config)
+
+
+def command(record: Record, remote: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ssh", "-F", str(record.path("ssh_config")), alias(record.name), remote],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def close_master(record: Record) -> None:
+    """End the ControlPersist master this machine started for the appliance, if any."""
+    if record.path("ssh_config").exists():
+        subprocess.run(
+            ["ssh", "-F", str(record.path("ssh_config")), "-O", "exit", alias(record.name)],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+
+
+def fingerprint(public_key: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key line."""
+    import base64
+    import hashlib
+
+    blob = base64.b64decode(public_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

@@ -1,0 +1,40 @@
+"""One protocol, one class per target (img-proof's model): launch → ssh → destroy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from appliance.config import Settings
+from appliance.state import Record
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    name: str
+    domain: str
+    image: Path
+    contact_email: str
+
+
+class Target(Protocol):
+    def launch(self, spec: LaunchSpec, keep_on_failure: bool = False) -> Record: ...
+
+    def destroy(self, record: Record) -> None: ...
+
+    def status(self, record: Record) -> str: ...
+
+
+def get(s: Settings) -> Target:
+    if s.target == "local":
+        from appliance.targets.local import LocalTarget
+
+        return LocalTarget(s)
+    from appliance.errors import ExitStatus, die
+
+    die(
+        f"target {s.target!r} cannot launch yet",
+        hint="use --target local; DigitalOcean is not implemented",
+        status=ExitStatus.USAGE,
+    )

@@ -1,0 +1,278 @@
+"""The local target: a qcow2 overlay of the baked image under qemu, one loopback address per appliance.
+
+Each appliance gets 127.0.100.N with its service ports forwarded (80, 443, 8448, TURN, the relay
+range; SSH on 2222), so several run side by side on the standard ports. TLS comes from the local
+pebble through certbot on the appliance: the production path with another directory URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import secrets as pysecrets
+import socket
+import time
+from pathlib import Path
+
+from appliance import https, log, pebble, qemu, secrets, ssh, userdata
+from appliance.bake import kernel_for
+from appliance.config import Settings
+from appliance.errors import ExitStatus, OutbandError, die
+from appliance.state import Record, Store, shred, write_private
+from appliance.targets import LaunchSpec
+
+SSH_PORT = 2222
+RELAY_PORTS = range(49152, 49172)
+BOOT_TIMEOUT = 20 * 60  # under TCG a first boot takes minutes; a stuck one is reported, not waited on forever
+
+
+def forwards() -> list[qemu.Forward]:
+    tcp = [qemu.Forward("tcp", p, p) for p in (80, 443, 8448, 3478, 5349)]
+    udp = [qemu.Forward("udp", p, p) for p in (3478, 5349, *RELAY_PORTS)]
+    return [qemu.Forward("tcp", SSH_PORT, 22), *tcp, *udp]
+
+
+def names(domain: str) -> list[str]:
+    return [domain, f"matrix.{domain}", f"element.{domain}", f"riot.{domain}"]
+
+
+def port_free(address: str, proto: str, port: int) -> bool:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+class LocalTarget:
+    def __init__(self, s: Settings):
+        self.s = s
+        self.store = Store(s.dirs.state)
+
+    # -- launch --------------------------------------------------------------------------------
+    def allocate_address(self) -> str:
+        used = {r.data.get("address") for r in self.store.all()}
+        for n in range(1, 255):
+            address = f"127.0.100.{n}"
+            if address not in used:
+                return address
+        die("no free loopback address for another appliance", hint="destroy one first")
+
+    def check_ports(self, address: str) -> None:
+        for f in forwards():
+            if not port_free(address, f.proto, f.host_port):
+                die(
+                    f"{f.proto} port {f.host_port} on {address} is already taken",
+                    hint="stop what listens there, or destroy the appliance that uses it",
+                    status=ExitStatus.USAGE,
+                )
+
+    def launch(self, spec: LaunchSpec, keep_on_failure: bool = False) -> Record:
+        userdata.validate_name(spec.name)
+        userdata.validate_domain(spec.domain)
+        if not spec.image.is_file():
+            die(
+                f"image {spec.image} does not exist",
+                hint="run `invoke bake` or pass --image PATH",
+                status=ExitStatus.USAGE,
+            )
+        if self.store.get(spec.name) is not None:
+            die(
+                f"an appliance named {spec.name!r} already exists",
+                hint=f"pick another --name or `invoke destroy {spec.name}`",
+                status=ExitStatus.USAGE,
+            )
+        address = self.allocate_address()
+        self.check_ports(address)
+        accel = qemu.choose_accel(self.s.vm.accel, kernel_for(spec.image), self.s.dirs.cache)
+        record = self.store.create(spec.name, "local")
+        try:
+            self._launch(record, spec, address, accel)
+        except BaseException as e:
+            if keep_on_failure and not isinstance(e, KeyboardInterrupt):
+                log.warn(f"kept the failed appliance for inspection: `invoke destroy {spec.name}` removes it")
+            else:
+                with log.step("Clean up the failed launch"):
+                    self.destroy(record)
+            if isinstance(e, KeyboardInterrupt | OutbandError):
+                raise
+            raise OutbandError(f"launch failed: {e}", hint=f"see {log.log_path()}") from e
+        return record
+
+    def _launch(self, record: Record, spec: LaunchSpec, address: str, accel: str) -> None:
+        record.set(
+            address=address,
+            domain=spec.domain,
+            image=str(spec.image),
+            accel=accel,
+            ssh_port=SSH_PORT,
+            names=names(spec.domain),
+        )
+        with log.step("Generate per-launch secrets and keys"):
+            launch_secrets = secrets.generate()
+            host_key = secrets.ssh_keypair(f"host@{spec.name}")
+            operator = secrets.ssh_keypair(f"operator@{spec.name}")
+            write_private(record.path("secrets.json"), json.dumps(launch_secrets.as_dict(), indent=2))
+            write_private(record.path("host_ed25519"), host_key.private_openssh)
+            write_private(record.path("host_ed25519.pub"), host_key.public_openssh + "\n")
+            write_private(record.path("operator_ed25519"), operator.private_openssh)
+            write_private(record.path("operator_ed25519.pub"), operator.public_openssh + "\n")
+            ssh.write_config(record, address, SSH_PORT, host_key.public_openssh)
+        with log.step("Local ACME CA (pebble) and DNS names"):
+            ca = pebble.ensure(self.s.dirs.state)
+            record.set(dns_registered=True)
+            pebble.add_names(names(spec.domain), address)
+            write_private(record.path("acme-root.pem"), ca.root_pem())
+        with log.step("User-data (launch contract) and NoCloud seed"):
+            contract = userdata.contract(
+                spec.name,
+                spec.domain,
+                spec.contact_email,
+                ca.directory_for_guest,
+                ca.api_ca_pem,
+                launch_secrets,
+                public_ip=address,
+                private_ip="10.0.2.15",
+            )
+            text = userdata.render(contract, host_key, operator.public_openssh)
+            instance_id = f"{spec.name}-{pysecrets.token_hex(4)}"
+            userdata.write_seed(record.path("seed.iso"), text, userdata.meta_data(spec.name, instance_id))
+        with log.step(f"Start the VM on {address} ({accel})"):
+            qemu.overlay(spec.image, record.path("disk.qcow2"))
+            vm = self.vm_spec(record, address, accel, seed=True)
+            pid = qemu.start(vm, record.path("qemu.log"))
+            record.set(pid=pid)
+        with log.step("Boot and first-boot configuration (SSH, certificate, Synapse)"):
+            self.wait_healthy(record, pid)
+        with log.step("Remove the seed (user-data) from the VM and the disk"):
+            qemu.eject_seed(record.path("qmp.sock"))
+            shred(record.path("seed.iso"))
+        self.write_facts(record, launch_secrets, host_key.public_openssh)
+        record.status = "running"
+        record.save()
+
+    def vm_spec(self, record: Record, address: str, accel: str, seed: bool) -> qemu.VmSpec:
+        return qemu.VmSpec(
+            name=record.name,
+            disk=record.path("disk.qcow2"),
+            seed=record.path("seed.iso") if seed else None,
+            address=address,
+            forwards=forwards(),
+            accel=accel,
+            cpus=self.s.vm.cpus,
+            memory_mb=self.s.vm.memory_mb,
+            qmp=record.path("qmp.sock"),
+            serial_log=record.path("serial.log"),
+            pidfile=record.path("qemu.pid"),
+        )
+
+    def wait_healthy(self, record: Record, pid: int) -> None:
+        """SSH with the pinned key, then Synapse through nginx with a certificate from the ACME CA."""
+        address, domain = record.data["address"], record.data["domain"]
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        ssh_ok = False
+        while time.monotonic() < deadline:
+            if not qemu.alive(pid):
+                die("the VM stopped during boot", hint=f"see {record.path('serial.log')} and {record.path('qemu.log')}")
+            if not ssh_ok:
+                with contextlib.suppress(Exception):
+                    ssh_ok = ssh.command(record, "true", timeout=20).returncode == 0
+                    if ssh_ok:
+                        log.detail("SSH answers with the pinned host key")
+            else:
+                failed = ssh.command(record, "systemctl is-failed --quiet outband-firstboot.service", timeout=20)
+                if failed.returncode == 0:
+                    journal = ssh.command(
+                        record, "sudo journalctl -u outband-firstboot.service -n 60 --no-pager -o cat"
+                    )
+                    lines = journal.stdout.strip().splitlines()
+                    log.detail("first-boot journal:\n" + "\n".join(lines))
+                    # systemd's own closing lines say that it failed, not why.
+                    causes = [
+                        x
+                        for x in lines
+                        if x.strip() and not x.startswith("outband-firstboot.service:") and "Failed to start" not in x
+                    ]
+                    last = causes[-1] if causes else "(no journal)"
+                    die(
+                        f"first boot failed on the appliance: {last}",
+                        hint=f"ssh -F {record.path('ssh_config')} {ssh.alias(record.name)} "
+                        "journalctl -u outband-firstboot",
+                    )
+                with contextlib.suppress(Exception):
+                    r = https.request(
+                        address,
+                        443,
+                        f"matrix.{domain}",
+                        "/_matrix/client/versions",
+                        str(record.path("acme-root.pem")),
+                        timeout=5,
+                    )
+                    if r.status == 200 and "versions" in r.json():
+                        return
+            time.sleep(2)
+        die(
+            f"the appliance was not healthy after {BOOT_TIMEOUT // 60} minutes", hint=f"see {record.path('serial.log')}"
+        )
+
+    def write_facts(self, record: Record, launch_secrets: secrets.LaunchSecrets, host_public_key: str) -> Path:
+        """What tests/infra needs to verify this appliance (no secret values: it reads those over SSH)."""
+        domain = record.data["domain"]
+        facts = {
+            "name": record.name,
+            "target": "local",
+            "domain": domain,
+            "names": names(domain),
+            "address": record.data["address"],
+            "ports": {"https": 443, "federation": 8448, "turn": 3478, "turns": 5349, "ssh": SSH_PORT},
+            "acme_root": str(record.path("acme-root.pem")),
+            "ssh_config": str(record.path("ssh_config")),
+            "ssh_host": ssh.alias(record.name),
+            "host_key_fingerprint": ssh.fingerprint(host_public_key),
+            "signing_key_id": "ed25519:" + launch_secrets.signing_key.split()[1],
+            "signing_public_key": _signing_public_key(launch_secrets.signing_key),
+            "secrets_file": str(record.path("secrets.json")),
+        }
+        return write_private(record.path("facts.json"), json.dumps(facts, indent=2) + "\n")
+
+    # -- destroy / status ---------------------------------------------------------------------------
+    def destroy(self, record: Record) -> None:
+        """Idempotent, and safe after a half-done launch: removes exactly what the record says exists."""
+        ssh.close_master(record)
+        pid = record.data.get("pid")
+        if pid:
+            qemu.stop(int(pid), record.path("qmp.sock"))
+        if record.data.get("dns_registered"):
+            pebble.remove_names(record.data.get("names", []))
+        self.store.remove(record)
+
+    def status(self, record: Record) -> str:
+        pid = record.data.get("pid")
+        if record.status == "creating":
+            return "creating" if pid and qemu.alive(int(pid)) else "broken (half-made)"
+        return "running" if pid and qemu.alive(int(pid)) else "stopped"
+
+
+def _signing_public_key(signing_key: str) -> str:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    seed = base64.b64decode(signing_key.split()[2] + "=")
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode().rstrip("=")
+
+
+def default_image(s: Settings) -> Path | None:
+    from appliance.bake import latest
+
+    image = latest(s)
+    return image.path if image else None
