@@ -68,7 +68,9 @@ def stage(dest: Path, webclient_tar: Path, extra_ca: tuple[Path, ...]) -> Path:
 def layer_keys(base_key: str, stage_dir: Path) -> list[tuple[Script, str]]:
     keys, key = [], base_key
     for script in scripts():
-        key = digest(key, script.path, *[(name, stage_dir / name) for name in script.inputs])
+        # Each input by its name and its content (never by the stage's own, temporary, path).
+        inputs = [part for name in script.inputs for part in (name, stage_dir / name)]
+        key = digest(key, script.path, *inputs)
         keys.append((script, key))
     return keys
 

@@ -120,9 +120,9 @@ def render(contract_: dict[str, Any], host_key: SshKeyPair, operator_public_key:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,
+        autoescape=False,  # noqa: S701 -- renders YAML, not HTML
         keep_trailing_newline=True,
-    )  # noqa: S701 -- YAML, not HTML
+    )
     text = env.get_template("user-data.j2").render(
         name=contract_["name"], contract=contract_, host_key=host_key, operator_public_key=operator_public_key
     )
@@ -136,6 +136,19 @@ def render(contract_: dict[str, Any], host_key: SshKeyPair, operator_public_key:
     ):
         die("rendered user-data does not round-trip", hint="this is a bug in appliance/templates/user-data.j2")
     return text
+
+
+def render_bare(name: str, host_key: SshKeyPair, operator_public_key: str) -> str:
+    """User-data without a launch contract: SSH access only, first boot stays idle (image tests)."""
+    validate_name(name)
+    return "#cloud-config\n" + yaml.safe_dump(
+        {
+            "hostname": name,
+            "ssh_keys": {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh},
+            "ssh_authorized_keys": [operator_public_key],
+        },
+        sort_keys=False,
+    )
 
 
 def meta_data(name: str, instance_id: str) -> str:

@@ -16,6 +16,7 @@ class LaunchSpec:
     domain: str
     image: Path
     contact_email: str
+    bare: bool = False  # no launch contract: boot the image as baked, SSH only (image tests)
 
 
 class Target(Protocol):

@@ -124,12 +124,14 @@ class LocalTarget:
             write_private(record.path("operator_ed25519"), operator.private_openssh)
             write_private(record.path("operator_ed25519.pub"), operator.public_openssh + "\n")
             ssh.write_config(record, address, SSH_PORT, host_key.public_openssh)
-        with log.step("Local ACME CA (pebble) and DNS names"):
-            ca = pebble.ensure(self.s.dirs.state)
-            record.set(dns_registered=True)
-            pebble.add_names(names(spec.domain), address)
-            write_private(record.path("acme-root.pem"), ca.root_pem())
-        with log.step("User-data (launch contract) and NoCloud seed"):
+        if spec.bare:
+            text = userdata.render_bare(spec.name, host_key, operator.public_openssh)
+        else:
+            with log.step("Local ACME CA (pebble) and DNS names"):
+                ca = pebble.ensure(self.s.dirs.state)
+                record.set(dns_registered=True)
+                pebble.add_names(names(spec.domain), address)
+                write_private(record.path("acme-root.pem"), ca.root_pem())
             contract = userdata.contract(
                 spec.name,
                 spec.domain,
@@ -141,6 +143,7 @@ class LocalTarget:
                 private_ip="10.0.2.15",
             )
             text = userdata.render(contract, host_key, operator.public_openssh)
+        with log.step("User-data and NoCloud seed"):
             instance_id = f"{spec.name}-{pysecrets.token_hex(4)}"
             userdata.write_seed(record.path("seed.iso"), text, userdata.meta_data(spec.name, instance_id))
         with log.step(f"Start the VM on {address} ({accel})"):
@@ -148,8 +151,8 @@ class LocalTarget:
             vm = self.vm_spec(record, address, accel, seed=True)
             pid = qemu.start(vm, record.path("qemu.log"))
             record.set(pid=pid)
-        with log.step("Boot and first-boot configuration (SSH, certificate, Synapse)"):
-            self.wait_healthy(record, pid)
+        with log.step("Boot" + ("" if spec.bare else " and first-boot configuration (SSH, certificate, Synapse)")):
+            self.wait_healthy(record, pid, ssh_only=spec.bare)
         with log.step("Remove the seed (user-data) from the VM and the disk"):
             qemu.eject_seed(record.path("qmp.sock"))
             shred(record.path("seed.iso"))
@@ -172,7 +175,7 @@ class LocalTarget:
             pidfile=record.path("qemu.pid"),
         )
 
-    def wait_healthy(self, record: Record, pid: int) -> None:
+    def wait_healthy(self, record: Record, pid: int, ssh_only: bool = False) -> None:
         """SSH with the pinned key, then Synapse through nginx with a certificate from the ACME CA."""
         address, domain = record.data["address"], record.data["domain"]
         deadline = time.monotonic() + BOOT_TIMEOUT
@@ -185,6 +188,8 @@ class LocalTarget:
                     ssh_ok = ssh.command(record, "true", timeout=20).returncode == 0
                     if ssh_ok:
                         log.detail("SSH answers with the pinned host key")
+                        if ssh_only:
+                            return
             else:
                 failed = ssh.command(record, "systemctl is-failed --quiet outband-firstboot.service", timeout=20)
                 if failed.returncode == 0:

@@ -26,6 +26,7 @@ import jinja2
 CONTRACT = Path("/etc/outband/launch.json")
 MARKER = Path("/var/lib/outband/configured")
 TEMPLATES = Path("/usr/local/lib/outband/templates")
+TEMPLATES_IN_REPO = Path(__file__).resolve().parent / "templates"  # for the renderer tests
 SECRETS = Path("/etc/synapse/secrets")
 SCHEMA = 1
 SECRET_NAMES = ("signing_key", "macaroon", "form", "registration_shared", "turn", "db_password")
@@ -236,15 +237,20 @@ def remove_user_data() -> None:
     Path("/etc/cloud/cloud-init.disabled").write_text("Outband: configured at first boot\n")
 
 
-def main() -> int:
-    started = time.monotonic()
-    c = load_contract()
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+def template_env(templates: Path = TEMPLATES) -> jinja2.Environment:
+    """Strict: a value missing from the contract fails the render instead of writing an empty config."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 -- renders config files, not HTML
     )
+
+
+def main() -> int:
+    started = time.monotonic()
+    c = load_contract()
+    env = template_env()
     write_secrets(c)
     render_configs(c, env)
     create_database(c)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from appliance import qemu
+from appliance.targets import local
+
+
+def spec(tmp_path: Path, seed: bool = True) -> qemu.VmSpec:
+    return qemu.VmSpec(
+        name="alpha",
+        disk=tmp_path / "disk.qcow2",
+        seed=tmp_path / "seed.iso" if seed else None,
+        address="127.0.100.7",
+        forwards=local.forwards(),
+        accel="tcg",
+        cpus=2,
+        memory_mb=2048,
+        qmp=tmp_path / "qmp.sock",
+        serial_log=tmp_path / "serial.log",
+        pidfile=tmp_path / "pid",
+    )
+
+
+def test_every_forward_listens_on_the_appliance_address_only(tmp_path):
+    args = qemu.argv(spec(tmp_path))
+    netdev = args[args.index("-netdev") + 1]
+    rules = [r for r in netdev.split(",") if r.startswith("hostfwd=")]
+    assert rules
+    assert all(r.split(":")[1] == "127.0.100.7" for r in rules)
+    assert "hostfwd=tcp:127.0.100.7:2222-:22" in rules
+    for port in (80, 443, 8448, 3478, 5349):
+        assert f"hostfwd=tcp:127.0.100.7:{port}-:{port}" in rules
+    for port in (3478, 5349, 49152, 49171):
+        assert f"hostfwd=udp:127.0.100.7:{port}-:{port}" in rules
+
+
+def test_seed_is_an_ejectable_cdrom(tmp_path):
+    args = " ".join(qemu.argv(spec(tmp_path)))
+    assert "id=seed,media=cdrom,readonly=on" in args
+    assert "ide-cd,drive=seed,id=seedcd" in args
+    assert qemu.argv(spec(tmp_path, seed=False)).count("-drive") == 1
+
+
+def test_tcg_uses_multithreaded_emulation():
+    assert qemu.accel_args("tcg", 2)[:2] == ["-accel", "tcg,thread=multi,tb-size=512"]
+    assert qemu.accel_args("kvm", 2)[:4] == ["-accel", "kvm", "-cpu", "host"]
+
+
+def test_accel_probe_answer_is_kept_per_host_boot(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(qemu, "kvm_works", lambda kernel: calls.append(kernel) or False)
+    assert qemu.choose_accel("auto", None, tmp_path) == "tcg"
+    assert qemu.choose_accel("auto", None, tmp_path) == "tcg"
+    assert len(calls) == 1
+    assert qemu.choose_accel("tcg", None, tmp_path) == "tcg"
+
+
+def test_kvm_is_not_claimed_without_a_kernel_to_prove_it():
+    assert qemu.kvm_works(None) is False

@@ -1,0 +1,127 @@
+"""The seal gate must fail on every kind of leftover it promises to catch (plant one, expect failure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+
+from appliance import secrets
+from tests.conftest import load_script
+
+gate = load_script("images/seal-gate.py", "seal_gate")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A minimal sealed root tree."""
+    root = tmp_path / "root"
+    for d in (
+        "etc/ssh",
+        "etc/ssl/certs",
+        "usr/local/share/ca-certificates",
+        "var/lib/cloud",
+        "root",
+        "home/x",
+        "opt/synapse/lib/python3.13/site-packages/synapse/util",
+    ):
+        (root / d).mkdir(parents=True)
+    (root / "etc/machine-id").write_text("uninitialized\n")
+    (root / "etc/shadow").write_text("root:*:20000:0:99999:7:::\nsynapse:!:20000::::::\n")
+    (root / "etc/ssl/certs/ca-certificates.crt").write_text(trustme.CA().cert_pem.bytes().decode())
+    (root / "etc/ssh/sshd_config").write_text("PasswordAuthentication no\n")
+    return root
+
+
+def test_a_sealed_tree_passes(tree):
+    assert gate.findings(tree, []) == []
+    assert gate.main(["--root", str(tree)]) == 0
+
+
+def plant_private_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secrets.ssh_keypair("planted").private_openssh)
+
+
+@pytest.mark.parametrize(
+    "where", ["etc/ssh/ssh_host_ed25519_key", "root/id_ed25519", "var/lib/app/key.pem", "opt/synapse/secret.key"]
+)
+def test_a_planted_private_key_fails_the_gate(tree, where):
+    plant_private_key(tree / where)
+    problems = gate.findings(tree, [])
+    assert any(f"/{where}" in p for p in problems), problems
+    assert gate.main(["--root", str(tree)]) == 1
+
+
+def test_a_pem_private_key_fails_the_gate(tree):
+    ca = trustme.CA()
+    (tree / "etc/ssl/private").mkdir(parents=True)
+    (tree / "etc/ssl/private/snakeoil.key").write_bytes(ca.issue_cert("x.test").private_key_pem.bytes())
+    assert any("snakeoil.key" in p for p in gate.findings(tree, []))
+
+
+def test_the_marker_string_alone_is_not_a_key(tree):
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/ssh-keygen").write_bytes(b"\x7fELF...-----BEGIN OPENSSH PRIVATE KEY-----\x00more")
+    assert gate.findings(tree, []) == []
+
+
+def test_published_test_fixtures_in_packages_are_not_findings(tree):
+    plant_private_key(tree / "opt/synapse/lib/python3.13/site-packages/twisted/test/server.pem")
+    plant_private_key(tree / "opt/synapse/lib/python3.13/site-packages/synapse/util/manhole.py")
+    assert gate.findings(tree, []) == []
+
+
+def test_a_synapse_signing_key_fails_the_gate(tree):
+    (tree / "etc/synapse").mkdir()
+    (tree / "etc/synapse/signing.key").write_text(secrets.synapse_signing_key() + "\n")
+    assert any("Synapse signing key" in p for p in gate.findings(tree, []))
+
+
+@pytest.mark.parametrize("where", ["root/.ssh/authorized_keys", "home/x/.ssh/authorized_keys"])
+def test_authorized_keys_fail_the_gate(tree, where):
+    (tree / where).parent.mkdir(parents=True)
+    (tree / where).write_text(secrets.ssh_keypair("k").public_openssh + "\n")
+    assert any("authorized keys" in p for p in gate.findings(tree, []))
+
+
+def test_a_password_hash_fails_the_gate(tree):
+    (tree / "etc/shadow").write_text("root:$y$j9T$abc$def:20000:0:99999:7:::\n")
+    assert any("password hash for user root" in p for p in gate.findings(tree, []))
+
+
+def test_an_initialized_machine_id_fails_the_gate(tree):
+    (tree / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    assert any("machine-id" in p for p in gate.findings(tree, []))
+
+
+def test_shell_history_fails_the_gate(tree):
+    (tree / "root/.bash_history").write_text("curl -H 'Authorization: Bearer x'\n")
+    assert any("history" in p for p in gate.findings(tree, []))
+
+
+def test_launch_contract_and_cloud_init_state_fail_the_gate(tree):
+    (tree / "etc/outband").mkdir()
+    (tree / "etc/outband/launch.json").write_text("{}")
+    (tree / "var/lib/cloud/instances/i-1").mkdir(parents=True)
+    problems = gate.findings(tree, [])
+    assert any("launch.json" in p for p in problems)
+    assert any("cloud-init instance state" in p for p in problems)
+
+
+def test_an_extra_ca_left_in_the_trust_store_fails_the_gate(tree, tmp_path):
+    proxy_ca = trustme.CA(organization_name="TLS-inspecting proxy")
+    pem = proxy_ca.cert_pem.bytes()
+    bundle = tree / "etc/ssl/certs/ca-certificates.crt"
+    bundle.write_bytes(bundle.read_bytes() + pem)
+    ca_file = tmp_path / "proxy.crt"
+    ca_file.write_bytes(pem)
+    assert any("build-time extra CA" in p for p in gate.findings(tree, [pem]))
+    assert gate.main(["--root", str(tree), "--forbid-ca", str(ca_file)]) == 1
+
+
+def test_an_extra_ca_file_left_in_local_certificates_fails_the_gate(tree):
+    (tree / "usr/local/share/ca-certificates/outband-build").mkdir()
+    (tree / "usr/local/share/ca-certificates/outband-build/extra-0.crt").write_text("x")
+    assert any("extra CA certificate present" in p for p in gate.findings(tree, []))
