@@ -16,11 +16,7 @@ firstboot = load_script("images/files/usr/local/lib/outband/firstboot.py", "firs
 
 @pytest.fixture(scope="module")
 def env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(firstboot.TEMPLATES_IN_REPO),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
+    return firstboot.template_env(firstboot.TEMPLATES_IN_REPO)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.stem for f in FIXTURES])
