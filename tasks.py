@@ -18,13 +18,20 @@ from appliance.cli import command, settings
         "target": "local (default) or digitalocean",
         "webclient": "element (pinned release) or hydrogen (built offline from npm)",
         "via": "local target only: chroot (fast, default) or packer (the Packer qemu source, live system)",
+        "no-layer-cache": "re-run every provision script from the (cached) base tree",
     }
 )
-def bake(c: Context, target: str | None = None, webclient: str | None = None, via: str = "chroot") -> None:
+def bake(
+    c: Context,
+    target: str | None = None,
+    webclient: str | None = None,
+    via: str = "chroot",
+    no_layer_cache: bool = False,
+) -> None:
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
     s = settings(c, target=target, webclient=webclient)
     with command("bake", s):
-        image = bake_mod.bake(s)
+        image = bake_mod.bake(s, use_layers=not no_layer_cache, via=via)
         log.console.print(f"image: {image.path} ({image.size / 2**20:.0f} MiB)")
         log.console.print(f"sbom:  {image.sbom}")
         log.console.print(f"log:   {log.log_path()}")

@@ -85,8 +85,18 @@ def disk_full_is_an_error() -> Iterator[None]:
         raise
 
 
-def bake(s: Settings) -> Image:
+def bake(s: Settings, use_layers: bool = True, via: str = "chroot") -> Image:
+    if s.target != "local":
+        die(
+            f"baking for target {s.target!r} is not implemented yet",
+            hint="bake for --target local",
+            status=ExitStatus.USAGE,
+        )
+    if via not in ("chroot", "packer"):
+        die(f"--via must be chroot or packer, not {via!r}", hint="chroot is the fast default", status=ExitStatus.USAGE)
     preflight(s)
+    if via == "packer":
+        return bake_with_packer(s)
     cache = Cache(s.dirs.cache)
     with disk_full_is_an_error():
         web = webclient.prepare(s.webclient, cache)
@@ -97,7 +107,7 @@ def bake(s: Settings) -> Image:
             stage_dir = provision.stage(tmp / "stage", web.tar, s.image.extra_ca)
             recipe_hash = provision.layer_keys(base_key, stage_dir)[-1][1]
             name = f"outband-{s.image.suite}-{recipe_hash[:12]}"
-            tree = provision.provision_tree(base_tree, base_key, stage_dir, tmp / "root", cache)
+            tree = provision.provision_tree(base_tree, base_key, stage_dir, tmp / "root", cache, use_layers)
             with log.step("Manifest and SBOM"):
                 debs = sbom.debian_packages(tree)
                 wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
@@ -160,3 +170,77 @@ def publish(
         out / "latest.json", {"name": name, "image": final.name, "manifest": manifest_path.name, "sbom": sbom_path.name}
     )
     return Image(name, final, manifest_path, sbom_path, final.stat().st_size)
+
+
+def base_disk(s: Settings, cache: Cache, base_tree: Path, base_key: str) -> Path:
+    """The base tree as a bootable qcow2: what Packer's qemu source boots (cached with the base)."""
+    final = cache.path("base-disk", base_key, ".qcow2")
+    if final.exists() and final.stat().st_mtime >= base_tree.stat().st_mtime:
+        return final
+    with log.step("Base disk for Packer"), tempfile.TemporaryDirectory(dir=cache.root, prefix="basedisk-") as tmp:
+        tree = Path(tmp) / "root"
+        provision.copy_tree(base_tree, tree)
+        fsid = disk.fs_uuid(base_key)
+        disk.prepare_boot(tree, fsid)
+        disk.write_disk(tree, Path(tmp) / "disk.raw", s.image.disk_gb, fsid)
+        out = cache.tmp(final)
+        disk.to_qcow2(Path(tmp) / "disk.raw", out)
+        cache.prune("base-disk", keep=set())
+        return cache.commit(out, final)
+
+
+def bake_with_packer(s: Settings) -> Image:
+    """The live-system path: Packer's qemu source boots the base disk and runs the same scripts over SSH."""
+    from appliance import packer, qemu, secrets
+    from appliance.state import write_private
+
+    require("packer")
+    cache = Cache(s.dirs.cache)
+    with disk_full_is_an_error():
+        web = webclient.prepare(s.webclient, cache)
+        base_tree = base.ensure(s, cache)
+        base_key = base.key(s)
+        disk_path = base_disk(s, cache, base_tree, base_key)
+        with tempfile.TemporaryDirectory(dir=s.dirs.cache, prefix="packer-") as tmp_dir:
+            tmp = Path(tmp_dir)
+            stage_dir = provision.stage(tmp / "stage", web.tar, s.image.extra_ca)
+            recipe_hash = provision.layer_keys(base_key, stage_dir)[-1][1]
+            name = f"outband-{s.image.suite}-{recipe_hash[:12]}-packer"
+            key = secrets.ssh_keypair("outband-build")
+            write_private(tmp / "build_ed25519", key.private_openssh)
+            http = tmp / "http"
+            http.mkdir()
+            # NoCloud over HTTP (smbios serial): the build VM's only login is this one-off key.
+            (http / "user-data").write_text(
+                "#cloud-config\nssh_authorized_keys:\n  - " + key.public_openssh + "\nssh_genkeytypes: [ed25519]\n"
+            )
+            (http / "meta-data").write_text(f"instance-id: {name}-build\nlocal-hostname: outband-build\n")
+            kernel = (base_tree / "vmlinuz").resolve()
+            variables = {
+                "stage_dir": str(stage_dir),
+                "facts_out": str(tmp / "facts.tsv"),
+                "base_disk": str(disk_path),
+                "http_dir": str(http),
+                "ssh_private_key_file": str(tmp / "build_ed25519"),
+                "accelerator": qemu.choose_accel(s.vm.accel, kernel, s.dirs.cache),
+                "cpus": str(s.vm.cpus),
+                "memory": str(s.vm.memory_mb),
+                "output_dir": str(tmp / "out"),
+                "vm_name": "outband.qcow2",
+            }
+            with log.step("Packer: validate the template"):
+                packer.validate(variables, only="qemu")
+            with log.step("Packer qemu source: boot the base disk, provision over SSH, seal"):
+                packer.build(variables, only="qemu")
+            with log.step("Manifest, SBOM and compressed qcow2"):
+                debs = [
+                    dict(zip(("name", "version", "arch"), line.split("\t"), strict=True))
+                    for line in sorted((tmp / "facts.tsv").read_text().splitlines())
+                    if line.strip()
+                ]
+                # pip --require-hashes installed exactly the lock, or the build failed.
+                wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
+                bom = sbom.cyclonedx(name, recipe_hash, debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
+                disk.to_qcow2(tmp / "out/outband.qcow2", tmp / "image.qcow2")
+                shutil.copyfile(kernel, tmp / "vmlinuz")
+            return publish(s, name, recipe_hash, base_key, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz")

@@ -75,7 +75,7 @@ def layer_keys(base_key: str, stage_dir: Path) -> list[tuple[Script, str]]:
     return keys
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
+def copy_tree(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     run(["cp", "-a", src, dst], what=f"copy tree {src.name}")
@@ -90,19 +90,21 @@ def run_in_tree(tree: Path, script: Script, binds: dict[str, Path], env: dict[st
         )
 
 
-def provision_tree(base_tree: Path, base_key: str, stage_dir: Path, work: Path, cache: Cache) -> Path:
-    """Build the sealed tree in `work`: nearest cached layer, then the remaining scripts."""
+def provision_tree(
+    base_tree: Path, base_key: str, stage_dir: Path, work: Path, cache: Cache, use_layers: bool = True
+) -> Path:
+    """Build the sealed tree in `work`: nearest cached layer (unless told not to), then the remaining scripts."""
     keyed = layer_keys(base_key, stage_dir)
     start = 0
     source = base_tree
-    for i in range(len(keyed) - 1, -1, -1):
+    for i in range(len(keyed) - 1 if use_layers else -1, -1, -1):
         layer = cache.path("layers", keyed[i][1])
         if keyed[i][0].name != SEAL and layer.is_dir():
             start, source = i + 1, layer
             break
     label = "base tree" if start == 0 else f"cached layer after {keyed[start - 1][0].name}"
     with log.step(f"Start from the {label}"):
-        _copy_tree(source, work)
+        copy_tree(source, work)
     chroot.use_host_resolver(work)
     shutil.rmtree(work / STAGE_IN_TREE, ignore_errors=True)  # a layer holds the stage of its bake
     shutil.copytree(stage_dir, work / STAGE_IN_TREE)
@@ -123,7 +125,7 @@ def provision_tree(base_tree: Path, base_key: str, stage_dir: Path, work: Path, 
         if script.name != SEAL and time.monotonic() - started >= LAYER_MIN_SECONDS:
             layer = cache.path("layers", key)
             tmp = cache.tmp(layer)
-            _copy_tree(work, tmp)
+            copy_tree(work, tmp)
             cache.commit(tmp, layer)
     cache.prune("layers", keep)
     return work

@@ -132,9 +132,10 @@ def test_no_user_data_left(host):
             "/run/cloud-init/instance-data-sensitive.json",
         ):
             assert not host.file(path).exists, path
-        # Any surviving copy of the contract would hold its field names. The quotes keep this very
-        # command line (which sudo logs to the journal) from matching itself.
-        hits = host.run("grep -rlsF 'registration''_shared' /var/lib/cloud /run/cloud-init /etc/outband /var/log /tmp")
+        # Any surviving copy of the contract holds its JSON key "db_password" (quotes included; no
+        # file or command here has it). The split quoting keeps this very command line, which sudo
+        # logs to the journal, from matching itself.
+        hits = host.run("""grep -rlsF '"db''_password"' /var/lib/cloud /run/cloud-init /etc/outband /var/log /tmp""")
     assert hits.stdout.strip() == ""
     assert host.file("/etc/cloud/cloud-init.disabled").exists
 

@@ -1,0 +1,109 @@
+"""Driving Packer (images/packer.json) through packer-py, with live progress.
+
+packer-py builds the argument list and runs the binary, but buffers all output until packer exits
+and its default binary path is wrong. So: the real path, and a pipe as its stdout that this module
+reads line by line, parsing `-machine-readable` records into the log and the progress line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from packerpy import PackerExecutable
+
+from appliance import log
+from appliance.config import IMAGES, REPO
+from appliance.errors import die
+from appliance.run import require
+
+TEMPLATE = IMAGES / "packer.json"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One `-machine-readable` line: timestamp,target,type,data…"""
+
+    target: str
+    type: str
+    data: list[str]
+
+
+def parse_line(line: str) -> Record | None:
+    parts = line.rstrip("\n").split(",")
+    if len(parts) < 3 or not parts[0].isdigit():
+        return None
+    # Packer escapes commas and newlines inside fields.
+    data = [p.replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "") for p in parts[3:]]
+    return Record(parts[1], parts[2], data)
+
+
+def arguments(variables: Mapping[str, str], only: str | None = None) -> dict[str, object]:
+    """packer-py keyword arguments: `-var k=v` for each variable, `-only`, no colour."""
+    kwargs: dict[str, object] = {"var": dict(variables), "color": "false"}
+    if only:
+        kwargs["only"] = only
+    return kwargs
+
+
+def _executable(stdout: int | None = None) -> PackerExecutable:
+    config = {"stdout": stdout if stdout is not None else subprocess.PIPE, "stderr": subprocess.STDOUT}
+    return PackerExecutable(require("packer"), machine_readable=True, config=config)
+
+
+def validate(variables: Mapping[str, str], only: str | None = None) -> None:
+    code, out, _ = _executable().validate(str(TEMPLATE), **arguments(variables, only))
+    text = out.decode(errors="replace") if out else ""
+    log.detail(text)
+    if code != 0:
+        errors = [r.data[-1] for r in map(parse_line, text.splitlines()) if r and r.type == "ui" and r.data]
+        die(
+            f"packer validate failed: {errors[-1].strip() if errors else text.strip()[-200:]}",
+            hint=f"see {log.log_path()}",
+        )
+
+
+def build(variables: Mapping[str, str], only: str, env: Mapping[str, str] | None = None) -> None:
+    """`packer build -only=…` with every line in the log and packer's last 'say' as live progress."""
+    read_fd, write_fd = os.pipe()
+    result: dict[str, object] = {}
+    errors: list[str] = []
+
+    def run() -> None:
+        try:
+            result["code"], _, _ = _executable(write_fd).build(str(TEMPLATE), **arguments(variables, only))
+        finally:
+            os.close(write_fd)
+
+    # The DigitalOcean token travels in packer's environment, never on a command line; packer
+    # resolves the template's relative script paths from its working directory.
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    os.environ.update(env or {})
+    os.chdir(REPO)
+    try:
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        with os.fdopen(read_fd) as lines:
+            for line in lines:
+                record = parse_line(line)
+                if record is None:
+                    log.detail(line.rstrip())
+                elif record.type == "ui" and len(record.data) >= 2:
+                    kind, text = record.data[0], record.data[1].strip()
+                    log.detail(f"packer {kind}: {text}")
+                    if kind == "error":
+                        errors.append(text)
+                else:
+                    log.detail(f"packer {record.type}: {','.join(record.data)}")
+        worker.join()
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    if result.get("code") != 0:
+        cause = errors[-1].splitlines()[-1] if errors else "see the log"
+        die(f"packer build ({only}) failed: {cause}", hint=f"see {log.log_path()}")

@@ -1,0 +1,61 @@
+"""End-to-end: real bake, real VMs (qemu; TCG here), real ACME, real clients. Slow by nature."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+WEBCLIENT = os.environ.get("OUTBAND_E2E_WEBCLIENT", "hydrogen")  # Element needs GitHub, unreachable in CI
+
+
+def invoke(*args: str, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["invoke", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"invoke {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from appliance import config
+
+    return config.load(yaml.safe_load((REPO / "invoke.yaml").read_text())["outband"], webclient=WEBCLIENT)
+
+
+@pytest.fixture(scope="session")
+def baked(settings) -> dict:
+    """One bake for the session (the artifact cache makes it fast when warm)."""
+    invoke("bake", "--webclient", WEBCLIENT)
+    pointer = json.loads((settings.dirs.output / "images/latest.json").read_text())
+    images = settings.dirs.output / "images"
+    return {
+        "image": images / pointer["image"],
+        "manifest": json.loads((images / pointer["manifest"]).read_text()),
+        "sbom": json.loads((images / pointer["sbom"]).read_text()),
+    }
+
+
+@pytest.fixture(scope="session")
+def store(settings):
+    from appliance.state import Store
+
+    return Store(settings.dirs.state)
+
+
+def state_dir(settings, name: str) -> Path:
+    return settings.dirs.state / "appliances" / name

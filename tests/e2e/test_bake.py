@@ -1,0 +1,161 @@
+"""The baked image: outputs, pins, reproducibility, and the image itself booted with no launch contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from appliance import targets
+from appliance.targets.local import LocalTarget
+from tests.e2e.conftest import WEBCLIENT, invoke
+
+pytestmark = pytest.mark.vm
+
+
+def test_bake_writes_image_manifest_and_sbom(baked):
+    assert baked["image"].stat().st_size < 500 * 2**20  # issue target: compressed qcow2 ≤ 500 MB
+    manifest = baked["manifest"]
+    assert len(manifest["recipe_sha256"]) == 64
+    for pkg in (
+        "postgresql-17",
+        "nginx",
+        "coturn",
+        "certbot",
+        "nftables",
+        "unattended-upgrades",
+        "cloud-init",
+        "linux-image-cloud-amd64",
+        "python3-psycopg2",
+    ):
+        assert pkg in manifest["debian_packages"], pkg
+    assert manifest["wheels"]["matrix-synapse"]["version"]
+    assert manifest["wheels"]["matrix-synapse"]["sha256"]
+    components = {c["name"]: c for c in baked["sbom"]["components"]}
+    assert baked["sbom"]["bomFormat"] == "CycloneDX"
+    assert components["matrix-synapse"]["purl"].startswith("pkg:pypi/matrix-synapse@")
+    assert components["nginx"]["purl"].startswith("pkg:deb/debian/nginx@")
+    web = "hydrogen-view-sdk" if WEBCLIENT == "hydrogen" else "element-web"
+    assert web in components
+    assert manifest["webclient"]["sha256"]
+    assert not any(c["name"] in ("gcc", "cpp", "make") for c in baked["sbom"]["components"])
+
+
+def test_two_bakes_from_the_same_inputs_give_the_same_packages_and_wheels(baked, settings):
+    """Re-run every provision script from the cached base, without the layer cache."""
+    invoke("bake", "--webclient", WEBCLIENT, "--no-layer-cache")
+    pointer = json.loads((settings.dirs.output / "images/latest.json").read_text())
+    again = json.loads((settings.dirs.output / "images" / pointer["manifest"]).read_text())
+    assert again["recipe_sha256"] == baked["manifest"]["recipe_sha256"]
+    assert again["debian_packages"] == baked["manifest"]["debian_packages"]
+    assert again["wheels"] == baked["manifest"]["wheels"]
+    assert again["webclient"] == baked["manifest"]["webclient"]
+
+
+@pytest.fixture(scope="module")
+def bare(baked, settings):
+    """The image exactly as baked, booted with SSH access only (no launch contract)."""
+    target = LocalTarget(settings)
+    spec = targets.LaunchSpec(
+        name="e2e-bare",
+        domain="e2e-bare.outband.test",
+        image=baked["image"],
+        contact_email="ops@example.org",
+        bare=True,
+    )
+    existing = target.store.get("e2e-bare")
+    if existing:
+        target.destroy(existing)
+    record = target.launch(spec)
+    host = testinfra.get_host(f"ssh://outband-{record.name}", ssh_config=str(record.path("ssh_config")))
+    yield host, record
+    target.destroy(record)
+
+
+def test_image_holds_the_appliance_packages_and_users(bare):
+    host, _ = bare
+    for pkg in ("postgresql-17", "nginx", "coturn", "certbot", "nftables", "unattended-upgrades", "python3-psycopg2"):
+        assert host.package(pkg).is_installed, pkg
+    for pkg in ("gcc", "cpp", "make", "python3-dev", "libpq-dev"):
+        assert not host.package(pkg).is_installed, pkg
+    for user in ("synapse", "turnserver", "postgres", "www-data"):
+        assert host.user(user).exists
+        assert host.user(user).shell in ("/usr/sbin/nologin", "/bin/false", "/bin/bash")  # postgres: bash
+    assert host.file("/opt/synapse/bin/python").exists
+    assert host.run("/opt/synapse/bin/python -c 'import synapse, psycopg2'").rc == 0
+
+
+def test_image_units_enabled_but_waiting_for_a_launch_contract(bare):
+    host, _ = bare
+    for unit in ("outband-firstboot", "synapse", "nginx", "coturn", "nftables", "ssh", "unattended-upgrades"):
+        assert host.service(unit).is_enabled, unit
+    # No contract: first boot is skipped by its condition, so nothing with a config runs.
+    for unit in ("outband-firstboot", "synapse", "nginx", "coturn"):
+        assert not host.service(unit).is_running, unit
+    assert host.service("nftables").is_running or host.run("sudo nft list ruleset").rc == 0
+    assert host.check_output("systemctl --failed --no-legend --plain") == ""
+
+
+def test_image_firewall_is_default_drop_with_only_the_designed_ports(bare):
+    host, _ = bare
+    with host.sudo():
+        chain = host.check_output("nft list chain inet outband input")
+    assert "policy drop" in chain
+    for fragment in (
+        "tcp dport 22 accept",
+        "tcp dport { 80, 443, 8448 } accept",
+        "th dport { 3478, 5349 } accept",
+        "udp dport 49152-49171 accept",
+    ):
+        assert fragment in chain, fragment
+
+
+def test_image_is_sealed(bare):
+    host, record = bare
+    with host.sudo():
+        # Only the key injected for this boot: nothing baked in.
+        assert host.check_output("ls /etc/ssh/ | grep '^ssh_host_' | sort").split() == [
+            "ssh_host_ed25519_key",
+            "ssh_host_ed25519_key.pub",
+        ]
+        served = host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()[1]
+        assert served == record.path("host_ed25519.pub").read_text().split()[1]
+        keys = host.check_output("find / -xdev -name 'authorized_keys*' 2>/dev/null")
+        assert keys.split() == ["/home/outband/.ssh/authorized_keys"]
+        assert host.check_output("ls -A /usr/local/share/ca-certificates") == ""
+        bundle = host.file("/etc/ssl/certs/ca-certificates.crt").content_string
+        for extra in Path("/usr/local/share/ca-certificates").glob("*.crt"):  # the builder's proxy CAs
+            body = "".join(line for line in extra.read_text().splitlines() if "-----" not in line)
+            assert body[:200] not in bundle.replace("\n", ""), f"{extra.name} is trusted in the image"
+        shadow = host.file("/etc/shadow").content_string
+        assert all(line.split(":")[1].startswith(("*", "!")) for line in shadow.splitlines())
+        assert not host.file("/usr/sbin/policy-rc.d").exists
+        assert host.check_output("find /root /home -name '.*_history' -size +0") == ""
+        assert not host.file("/etc/ssl/private/ssl-cert-snakeoil.key").exists
+    assert host.file("/etc/machine-id").content_string.strip() not in ("", "uninitialized")  # set by this boot
+
+
+def test_two_boots_of_the_image_never_share_identity(bare, baked, settings):
+    """machine-id and SSH host key come from each boot/launch, never from the image."""
+    host, _ = bare
+    first_id = host.file("/etc/machine-id").content_string.strip()
+    target = LocalTarget(settings)
+    spec = targets.LaunchSpec(
+        name="e2e-bare2",
+        domain="e2e-bare2.outband.test",
+        image=baked["image"],
+        contact_email="ops@example.org",
+        bare=True,
+    )
+    record = target.launch(spec)
+    try:
+        other = testinfra.get_host(f"ssh://outband-{record.name}", ssh_config=str(record.path("ssh_config")))
+        assert other.file("/etc/machine-id").content_string.strip() != first_id
+        assert (
+            other.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string
+            != host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string
+        )
+    finally:
+        target.destroy(record)

@@ -1,0 +1,142 @@
+"""bake (cached) → launch → verify → destroy, for real: two appliances side by side, bad input, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from appliance import qemu
+from tests.conftest import REPO
+from tests.e2e.conftest import invoke, state_dir
+
+pytestmark = pytest.mark.vm
+NAMES = ("e2e-a", "e2e-b")
+
+
+@pytest.fixture(scope="module")
+def launched(baked, settings, store):
+    """Two appliances, launched one beside the other; destroyed at the end whatever happens."""
+    for name in NAMES:
+        invoke("destroy", "--name", name, "--yes")
+    try:
+        for name in NAMES:
+            invoke("launch", "--name", name)
+        yield {name: store.require(name) for name in NAMES}
+    finally:
+        for name in NAMES:
+            invoke("destroy", "--name", name, "--yes", check=False)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_verify_passes(launched, name):
+    result = invoke("verify", "--name", name, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_appliances_run_side_by_side_on_their_own_addresses(launched):
+    addresses = {r.data["address"] for r in launched.values()}
+    assert len(addresses) == 2
+    listing = invoke("ls").stdout + invoke("ls").stderr
+    for name in NAMES:
+        assert name in listing
+
+
+def test_two_launches_never_share_a_secret_or_key(launched):
+    a, b = (launched[n] for n in NAMES)
+    sa = json.loads(a.path("secrets.json").read_text())
+    sb = json.loads(b.path("secrets.json").read_text())
+    for field in sa:
+        assert sa[field] != sb[field], field
+    assert sa["signing_key"].split()[2] != sb["signing_key"].split()[2]
+    assert a.path("host_ed25519").read_text() != b.path("host_ed25519").read_text()
+    assert a.path("operator_ed25519").read_text() != b.path("operator_ed25519").read_text()
+
+
+def test_state_is_private_and_the_seed_is_gone(launched):
+    for record in launched.values():
+        assert record.dir.stat().st_mode & 0o077 == 0
+        for path in record.dir.iterdir():
+            if path.is_file():
+                assert path.stat().st_mode & 0o077 == 0, path
+        assert not record.path("seed.iso").exists()
+        block = qemu.qmp(record.path("qmp.sock"), "query-block")
+        cd = next(d for d in block if d.get("qdev", "").endswith("seedcd") or d["device"] == "seed")
+        assert "inserted" not in cd  # the virtual drive is empty
+
+
+def test_a_name_in_use_is_refused_and_nothing_is_touched(launched):
+    before = launched["e2e-a"].path("appliance.json").read_text()
+    result = invoke("launch", "--name", "e2e-a", check=False)
+    assert result.returncode == 2
+    assert "already exists" in result.stderr
+    assert launched["e2e-a"].path("appliance.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "e2e-bad", "--domain", "not a domain"], "invalid domain"),
+        (["--name", "Bad_Name"], "invalid appliance name"),
+        (["--name", "e2e-bad", "--image", "/nonexistent.qcow2"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_with_a_hint_and_leaves_nothing(settings, args, message):
+    result = invoke("launch", *args, check=False)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert lines[1].strip().startswith("hint: ")
+    assert not state_dir(settings, "e2e-bad").exists()
+    assert not state_dir(settings, "Bad_Name").exists()
+
+
+def test_a_taken_port_is_refused_and_leaves_nothing(baked, settings, store, launched):
+    used = {r.data.get("address") for r in store.all()}
+    address = next(f"127.0.100.{n}" for n in range(1, 255) if f"127.0.100.{n}" not in used)
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind((address, 8448))
+        blocker.listen()
+        result = invoke("launch", "--name", "e2e-port", check=False)
+    assert result.returncode == 2
+    assert f"port 8448 on {address} is already taken" in result.stderr
+    assert not state_dir(settings, "e2e-port").exists()
+
+
+def test_ctrl_c_during_launch_removes_what_was_made(baked, settings, launched):
+    proc = subprocess.Popen(
+        ["invoke", "launch", "--name", "e2e-int"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    record_file = state_dir(settings, "e2e-int") / "appliance.json"
+    deadline = time.monotonic() + 120
+    pid = None
+    while time.monotonic() < deadline and pid is None:  # wait until the VM runs, then interrupt
+        if record_file.exists():
+            pid = json.loads(record_file.read_text())["data"].get("pid")
+        time.sleep(0.2)
+    assert pid, "the launch never started its VM"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not state_dir(settings, "e2e-int").exists()
+    assert not qemu.alive(int(pid))
+
+
+def test_destroy_removes_everything_and_is_idempotent(launched, settings):
+    record = launched["e2e-b"]
+    pid = int(record.data["pid"])
+    address = record.data["address"]
+    started = time.monotonic()
+    invoke("destroy", "--name", "e2e-b", "--yes")
+    assert time.monotonic() - started < 30
+    assert not qemu.alive(pid)
+    assert not state_dir(settings, "e2e-b").exists()
+    with socket.socket() as sock:  # its ports are free again
+        sock.bind((address, 443))
+    again = invoke("destroy", "--name", "e2e-b", "--yes")
+    assert again.returncode == 0
