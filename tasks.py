@@ -93,4 +93,22 @@ def list_(c: Context) -> None:
         launch_mod.print_list(s)
 
 
-ns = Collection(bake, launch, verify, destroy, list_, lock)
+@task(
+    help={
+        "runs": "how many times to measure (medians are reported)",
+        "cold": "include a cold bake (empty cache)",
+        "webclient": "element or hydrogen",
+    }
+)
+def bench(c: Context, runs: int = 1, cold: bool = True, webclient: str | None = None) -> None:
+    """Measure bake (cold/warm), image size, launch→verified, destroy, idle memory → BENCHMARKS.md."""
+    from appliance import bench as bench_mod
+
+    s = settings(c, webclient=webclient)
+    with command("bench", s):
+        results, accel = bench_mod.run(s, runs=runs, cold=cold)
+        path = bench_mod.write_markdown(s, results, accel)
+        log.console.print(path.read_text())
+
+
+ns = Collection(bake, launch, verify, destroy, list_, lock, bench)

@@ -85,7 +85,8 @@ def disk_full_is_an_error() -> Iterator[None]:
         raise
 
 
-def bake(s: Settings, use_layers: bool = True, via: str = "chroot") -> Image:
+def bake(s: Settings, use_layers: bool = True, via: str = "chroot", change_script: str | None = None) -> Image:
+    """Bake an image. `change_script` (benchmarks only) appends a line to that staged script."""
     if s.target != "local":
         die(
             f"baking for target {s.target!r} is not implemented yet",
@@ -105,6 +106,9 @@ def bake(s: Settings, use_layers: bool = True, via: str = "chroot") -> Image:
         with tempfile.TemporaryDirectory(dir=s.dirs.cache, prefix="bake-") as tmp_dir:
             tmp = Path(tmp_dir)
             stage_dir = provision.stage(tmp / "stage", web.tar, s.image.extra_ca)
+            if change_script:
+                with (stage_dir / "provision" / change_script).open("a") as f:
+                    f.write(f"# changed for a benchmark at {dt.datetime.now(dt.UTC).isoformat()}\n")
             recipe_hash = provision.layer_keys(base_key, stage_dir)[-1][1]
             name = f"outband-{s.image.suite}-{recipe_hash[:12]}"
             tree = provision.provision_tree(base_tree, base_key, stage_dir, tmp / "root", cache, use_layers)

@@ -70,7 +70,7 @@ def layer_keys(base_key: str, stage_dir: Path) -> list[tuple[Script, str]]:
     for script in scripts():
         # Each input by its name and its content (never by the stage's own, temporary, path).
         inputs = [part for name in script.inputs for part in (name, stage_dir / name)]
-        key = digest(key, script.path, *inputs)
+        key = digest(key, stage_dir / "provision" / script.name, *inputs)  # the copy that runs
         keys.append((script, key))
     return keys
 

@@ -6,6 +6,11 @@ set -eu
 usermod -p '*' root
 # sshd: host key is injected per launch, ed25519 only.
 for f in /etc/ssh/sshd_config.d/*.conf; do chmod 0644 "$f"; done
+# Boot units an appliance does not need. Each costs seconds under emulation; sshd-keygen would
+# also make RSA/ECDSA host keys nobody pins (the ed25519 key is injected per launch).
+for unit in sshd-keygen.service grub-common.service e2scrub_reap.service systemd-binfmt.service; do
+  systemctl mask "$unit" >/dev/null 2>&1 || true
+done
 # Compilers must not be in an appliance (nothing here needs one at run time).
 for pkg in gcc cpp g++ make build-essential libc6-dev python3-dev; do
   if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then

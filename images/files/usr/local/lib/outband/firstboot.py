@@ -254,6 +254,9 @@ def main() -> int:
     write_secrets(c)
     render_configs(c, env)
     create_database(c)
+    # Synapse's first start (schema creation) is the longest step: let it run while the
+    # certificate is obtained; it needs no certificate, nginx and coturn do.
+    run("systemctl", "start", "--no-block", "synapse.service")
     render_site(c, env, tls=False)
     run("systemctl", "start", "nginx.service")
     obtain_certificate(c)
@@ -262,6 +265,7 @@ def main() -> int:
     run("systemctl", "reload", "nginx.service")
     MARKER.parent.mkdir(parents=True, exist_ok=True)
     MARKER.write_text(c["domain"] + "\n")
+    # Returns once Synapse has told systemd it is ready (Type=notify) or failed.
     run("systemctl", "start", "synapse.service", "coturn.service")
     remove_user_data()
     say(f"appliance configured for {c['domain']} in {time.monotonic() - started:.1f}s")

@@ -1,0 +1,137 @@
+"""`invoke bench`: the issues' performance targets, measured on this machine, into BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from appliance import bake, launch, log, ssh
+from appliance.config import REPO, Settings
+from appliance.state import Store
+from appliance.targets import get as get_target
+
+TARGETS = {
+    "bake_cold_s": ("Cold bake (empty cache)", 360, "≤ 6 min"),
+    "bake_warm_s": ("Warm re-bake, one provision script changed (base cached)", 90, "≤ 90 s"),
+    "image_mb": ("Compressed qcow2", 500, "≤ 500 MB"),
+    "launch_verified_s": ("launch → verified", 60, "≤ 60 s"),
+    "boot_healthy_s": ("VM start → Synapse healthy through nginx", None, ""),
+    "verify_s": ("verify (tests/infra)", None, ""),
+    "destroy_s": ("destroy", 5, "≤ 5 s"),
+    "idle_rss_mb": ("Idle RSS: Synapse + PostgreSQL + coturn + nginx", 450, "≤ 450 MB"),
+    "guest_used_mb": ("Idle guest memory in use (free -m)", None, ""),
+}
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    )
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": f"{mem_kb / 2**20:.0f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.monotonic()
+    result = fn(*args, **kwargs)
+    return time.monotonic() - start, result
+
+
+def idle_memory(record) -> tuple[float, float]:
+    out = ssh.command(
+        record, "ps -o rss= -u synapse,postgres,turnserver,www-data; ps -o rss= -C nginx; free -m", timeout=60
+    ).stdout.splitlines()
+    rss = sum(int(x) for x in out if x.strip().isdigit()) / 1024
+    used = next(int(line.split()[2]) for line in out if line.startswith("Mem:"))
+    return rss, used
+
+
+def run(s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60) -> tuple[dict[str, list[float]], str]:
+    """Returns the measurements and the acceleration the appliances ran with."""
+    results: dict[str, list[float]] = {k: [] for k in TARGETS}
+    accel = "?"
+    name = "bench"
+    for i in range(runs):
+        log.info(f"bench run {i + 1}/{runs}")
+        if cold:
+            with tempfile.TemporaryDirectory(dir=s.dirs.cache.parent, prefix="bench-cold-") as cold_cache:
+                cold_s = dataclasses.replace(s, dirs=dataclasses.replace(s.dirs, cache=Path(cold_cache)))
+                seconds, _ = timed(bake.bake, cold_s)
+                results["bake_cold_s"].append(seconds)
+        bake.bake(s)  # make sure the layers for the warm measurement exist
+        seconds, image = timed(bake.bake, s, change_script="50-harden.sh")
+        results["bake_warm_s"].append(seconds)
+        results["image_mb"].append(image.size / 1e6)
+        target = get_target(s)
+        existing = Store(s.dirs.state).get(name)
+        if existing:
+            target.destroy(existing)
+        start = time.monotonic()
+        record = launch.launch(s, name=name, domain=None, image=str(image.path))
+        boot = time.monotonic() - start
+        accel = record.data.get("accel", accel)
+        from appliance import verify
+
+        verify_s, _ = timed(verify.verify, s, name)
+        results["launch_verified_s"].append(time.monotonic() - start)
+        results["boot_healthy_s"].append(boot)
+        results["verify_s"].append(verify_s)
+        time.sleep(idle_seconds)  # let first-start work settle before measuring idle memory
+        rss, used = idle_memory(record)
+        results["idle_rss_mb"].append(rss)
+        results["guest_used_mb"].append(used)
+        seconds, _ = timed(target.destroy, record)
+        results["destroy_s"].append(seconds)
+    return results, accel
+
+
+def write_markdown(
+    s: Settings, results: dict[str, list[float]], accel: str, path: Path = REPO / "BENCHMARKS.md"
+) -> Path:
+    m = machine()
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `invoke bench` (medians over the runs). Targets come from the issues; they are measured",
+        "here, never asserted by timed tests.",
+        "",
+        f"- Date: {now}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}",
+        f"- VM acceleration: {accel} (KVM is probed; on this machine it cannot run guests, so TCG emulation)",
+        f"- Web client: {s.webclient}; VM: {s.vm.cpus} vCPU, {s.vm.memory_mb} MiB",
+        "",
+        "| Measure | Median | Runs | Target | Met |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
+    for key, (label, limit, target_text) in TARGETS.items():
+        values = results.get(key) or []
+        if not values:
+            continue
+        median = statistics.median(values)
+        unit = "MB" if key.endswith("_mb") else "s"
+        met = "" if limit is None else ("yes" if median <= limit else "**no**")
+        lines.append(f"| {label} | {median:.0f} {unit} | {len(values)} | {target_text} | {met} |")
+    lines += ["", "Raw values:", "", "```json", json.dumps(results, indent=2), "```", ""]
+    path.write_text("\n".join(lines))
+    return path
