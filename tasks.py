@@ -111,4 +111,19 @@ def bench(c: Context, runs: int = 1, cold: bool = True, webclient: str | None = 
         log.console.print(path.read_text())
 
 
-ns = Collection(bake, launch, verify, destroy, list_, lock, bench)
+@task(help={"prune": "keep only the newest N Outband snapshots"})
+def images(c: Context, prune: int = 0) -> None:
+    """List the Outband snapshots in the DigitalOcean account (--prune N keeps the newest N)."""
+    from appliance.targets.digitalocean import DigitalOceanTarget
+
+    s = settings(c, target="digitalocean")
+    with command("images", s):
+        target = DigitalOceanTarget(s)
+        if prune:
+            for snap in target.prune_snapshots(prune):
+                log.console.print(f"deleted {snap['name']} ({snap['id']})")
+        for snap in target.snapshots():
+            log.console.print(f"{snap['id']:>12}  {snap['created_at']}  {snap['name']}")
+
+
+ns = Collection(bake, launch, verify, destroy, list_, lock, bench, images)

@@ -248,3 +248,64 @@ def bake_with_packer(s: Settings) -> Image:
                 disk.to_qcow2(tmp / "out/outband.qcow2", tmp / "image.qcow2")
                 shutil.copyfile(kernel, tmp / "vmlinuz")
             return publish(s, name, recipe_hash, base_key, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz")
+
+
+def packer_variables_digitalocean(s: Settings, stage_dir: Path, facts: Path, snapshot_name: str) -> dict[str, str]:
+    return {
+        "stage_dir": str(stage_dir),
+        "facts_out": str(facts),
+        "snapshot_name": snapshot_name,
+        "do_region": s.do.region,
+        "do_size": s.do.size,
+        "do_base_image": s.do.base_image,
+    }
+
+
+def bake_digitalocean(s: Settings) -> Image:
+    """Packer's digitalocean source: a droplet from debian-13-x64, the same scripts and seal, a snapshot.
+
+    The snapshot name carries the recipe hash. The token comes from DIGITALOCEAN_TOKEN, which packer
+    reads from its environment: it is never on a command line, in a log or in the state.
+    """
+    from appliance import packer
+
+    if not os.environ.get("DIGITALOCEAN_TOKEN"):
+        die("DIGITALOCEAN_TOKEN is not set", hint="export a DigitalOcean API token", status=ExitStatus.USAGE)
+    cache = Cache(s.dirs.cache)
+    web = webclient.prepare(s.webclient, cache)
+    with tempfile.TemporaryDirectory(dir=cache.root, prefix="do-bake-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        # The build runs in DigitalOcean: no builder-side proxy CA belongs there.
+        stage_dir = provision.stage(tmp / "stage", web.tar, ())
+        recipe_hash = provision.layer_keys(f"digitalocean:{s.do.base_image}", stage_dir)[-1][1]
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M")
+        name = f"outband-{s.image.suite}-{recipe_hash[:12]}-{stamp}"
+        variables = packer_variables_digitalocean(s, stage_dir, tmp / "facts.tsv", name)
+        with log.step("Packer: validate the digitalocean source"):
+            packer.validate(variables, only="digitalocean")
+        with log.step(f"Packer digitalocean source: droplet → provision → seal → snapshot {name}"):
+            packer.build(variables, only="digitalocean")
+        debs = [
+            dict(zip(("name", "version", "arch"), line.split("\t"), strict=True))
+            for line in sorted((tmp / "facts.tsv").read_text().splitlines())
+            if line.strip()
+        ]
+        wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
+        bom = sbom.cyclonedx(name, recipe_hash, debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
+        out = images_dir(s)
+        out.mkdir(parents=True, exist_ok=True)
+        sbom_path = out / f"{name}.sbom.json"
+        sbom.write_json(sbom_path, bom)
+        manifest = out / f"{name}.manifest.json"
+        sbom.write_json(
+            manifest,
+            {
+                "name": name,
+                "target": "digitalocean",
+                "recipe_sha256": recipe_hash,
+                "snapshot_name": name,
+                "debian_packages": {d["name"]: d["version"] for d in debs},
+                "sbom": sbom_path.name,
+            },
+        )
+        return Image(name, manifest, manifest, sbom_path, 0)

@@ -42,6 +42,19 @@ class VmSettings:
 
 
 @dataclass(frozen=True)
+class DoSettings:
+    region: str
+    size: str
+    base_image: str
+    dns_zone: str
+    operator_cidr: str
+    ipv6: bool
+    active_timeout: float
+    api_url: str
+    ca_bundle: str
+
+
+@dataclass(frozen=True)
 class Settings:
     target: str
     name: str
@@ -53,9 +66,7 @@ class Settings:
     vm: VmSettings
     acme_directory: str
     acme_staging: bool
-    do_region: str
-    do_size: str
-    do_base_image: str
+    do: DoSettings
 
 
 def _path(value: str) -> Path:
@@ -115,7 +126,15 @@ def load(raw: Mapping[str, Any], **overrides: Any) -> Settings:
         ),
         acme_directory=acme.get("directory") or "",
         acme_staging=bool(acme.get("staging", False)),
-        do_region=do.get("region", "fra1"),
-        do_size=do.get("size", "s-1vcpu-2gb"),
-        do_base_image=do.get("base_image", "debian-13-x64"),
+        do=DoSettings(
+            region=do.get("region", "fra1"),
+            size=do.get("size", "s-1vcpu-2gb"),
+            base_image=do.get("base_image", "debian-13-x64"),
+            dns_zone=do.get("dns_zone") or "",
+            operator_cidr=do.get("operator_cidr") or "",
+            ipv6=bool(do.get("ipv6", False)),
+            active_timeout=float(do.get("active_timeout", 600)),
+            api_url=do.get("api_url") or "https://api.digitalocean.com",
+            ca_bundle=do.get("ca_bundle") or "",
+        ),
     )

@@ -42,9 +42,11 @@ def parse_line(line: str) -> Record | None:
     return Record(parts[1], parts[2], data)
 
 
-def arguments(variables: Mapping[str, str], only: str | None = None) -> dict[str, object]:
-    """packer-py keyword arguments: `-var k=v` for each variable, `-only`, no colour."""
-    kwargs: dict[str, object] = {"var": dict(variables), "color": "false"}
+def arguments(variables: Mapping[str, str], only: str | None = None, build: bool = False) -> dict[str, object]:
+    """packer-py keyword arguments: `-var k=v` for each variable, `-only`; no colour for builds."""
+    kwargs: dict[str, object] = {"var": dict(variables)}
+    if build:
+        kwargs["color"] = "false"  # `packer validate` (1.6) has no -color flag
     if only:
         kwargs["only"] = only
     return kwargs
@@ -75,7 +77,7 @@ def build(variables: Mapping[str, str], only: str, env: Mapping[str, str] | None
 
     def run() -> None:
         try:
-            result["code"], _, _ = _executable(write_fd).build(str(TEMPLATE), **arguments(variables, only))
+            result["code"], _, _ = _executable(write_fd).build(str(TEMPLATE), **arguments(variables, only, build=True))
         finally:
             os.close(write_fd)
 

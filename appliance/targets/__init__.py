@@ -14,7 +14,7 @@ from appliance.state import Record
 class LaunchSpec:
     name: str
     domain: str
-    image: Path
+    image: Path | None  # local: a qcow2; digitalocean: a snapshot name or id (None: the newest)
     contact_email: str
     bare: bool = False  # no launch contract: boot the image as baked, SSH only (image tests)
 
@@ -28,14 +28,10 @@ class Target(Protocol):
 
 
 def get(s: Settings) -> Target:
-    if s.target == "local":
-        from appliance.targets.local import LocalTarget
+    if s.target == "digitalocean":
+        from appliance.targets.digitalocean import DigitalOceanTarget
 
-        return LocalTarget(s)
-    from appliance.errors import ExitStatus, die
+        return DigitalOceanTarget(s)
+    from appliance.targets.local import LocalTarget
 
-    die(
-        f"target {s.target!r} cannot launch yet",
-        hint="use --target local; DigitalOcean is not implemented",
-        status=ExitStatus.USAGE,
-    )
+    return LocalTarget(s)

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import secrets as pysecrets
 import socket
 import time
-from pathlib import Path
 
-from appliance import https, log, pebble, qemu, secrets, ssh, userdata
+from appliance import https, log, pebble, qemu, ssh, userdata
 from appliance.bake import kernel_for
 from appliance.config import Settings
 from appliance.errors import ExitStatus, OutbandError, die
 from appliance.state import Record, Store, shred, write_private
-from appliance.targets import LaunchSpec
+from appliance.targets import LaunchSpec, common
+from appliance.targets.common import names
 
 SSH_PORT = 2222
 RELAY_PORTS = range(49152, 49172)
@@ -31,10 +30,6 @@ def forwards() -> list[qemu.Forward]:
     tcp = [qemu.Forward("tcp", p, p) for p in (80, 443, 8448, 3478, 5349)]
     udp = [qemu.Forward("udp", p, p) for p in (3478, 5349, *RELAY_PORTS)]
     return [qemu.Forward("tcp", SSH_PORT, 22), *tcp, *udp]
-
-
-def names(domain: str) -> list[str]:
-    return [domain, f"matrix.{domain}", f"element.{domain}", f"riot.{domain}"]
 
 
 def port_free(address: str, proto: str, port: int) -> bool:
@@ -115,14 +110,8 @@ class LocalTarget:
             names=names(spec.domain),
         )
         with log.step("Generate per-launch secrets and keys"):
-            launch_secrets = secrets.generate()
-            host_key = secrets.ssh_keypair(f"host@{spec.name}")
-            operator = secrets.ssh_keypair(f"operator@{spec.name}")
-            write_private(record.path("secrets.json"), json.dumps(launch_secrets.as_dict(), indent=2))
-            write_private(record.path("host_ed25519"), host_key.private_openssh)
-            write_private(record.path("host_ed25519.pub"), host_key.public_openssh + "\n")
-            write_private(record.path("operator_ed25519"), operator.private_openssh)
-            write_private(record.path("operator_ed25519.pub"), operator.public_openssh + "\n")
+            identity = common.new_identity(record)
+            launch_secrets, host_key, operator = identity.secrets, identity.host_key, identity.operator
             ssh.write_config(record, address, SSH_PORT, host_key.public_openssh)
         if spec.bare:
             text = userdata.render_bare(spec.name, host_key, operator.public_openssh)
@@ -156,7 +145,7 @@ class LocalTarget:
         with log.step("Remove the seed (user-data) from the VM and the disk"):
             qemu.eject_seed(record.path("qmp.sock"))
             shred(record.path("seed.iso"))
-        self.write_facts(record, launch_secrets, host_key.public_openssh)
+        common.write_facts(record, "local", address, SSH_PORT, identity, str(record.path("acme-root.pem")))
         record.status = "running"
         record.save()
 
@@ -226,26 +215,6 @@ class LocalTarget:
             f"the appliance was not healthy after {BOOT_TIMEOUT // 60} minutes", hint=f"see {record.path('serial.log')}"
         )
 
-    def write_facts(self, record: Record, launch_secrets: secrets.LaunchSecrets, host_public_key: str) -> Path:
-        """What tests/infra needs to verify this appliance (no secret values: it reads those over SSH)."""
-        domain = record.data["domain"]
-        facts = {
-            "name": record.name,
-            "target": "local",
-            "domain": domain,
-            "names": names(domain),
-            "address": record.data["address"],
-            "ports": {"https": 443, "federation": 8448, "turn": 3478, "turns": 5349, "ssh": SSH_PORT},
-            "acme_root": str(record.path("acme-root.pem")),
-            "ssh_config": str(record.path("ssh_config")),
-            "ssh_host": ssh.alias(record.name),
-            "host_key_fingerprint": ssh.fingerprint(host_public_key),
-            "signing_key_id": "ed25519:" + launch_secrets.signing_key.split()[1],
-            "signing_public_key": _signing_public_key(launch_secrets.signing_key),
-            "secrets_file": str(record.path("secrets.json")),
-        }
-        return write_private(record.path("facts.json"), json.dumps(facts, indent=2) + "\n")
-
     # -- destroy / status ---------------------------------------------------------------------------
     def destroy(self, record: Record) -> None:
         """Idempotent, and safe after a half-done launch: removes exactly what the record says exists."""
@@ -262,22 +231,3 @@ class LocalTarget:
         if record.status == "creating":
             return "creating" if pid and qemu.alive(int(pid)) else "broken (half-made)"
         return "running" if pid and qemu.alive(int(pid)) else "stopped"
-
-
-def _signing_public_key(signing_key: str) -> str:
-    import base64
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    seed = base64.b64decode(signing_key.split()[2] + "=")
-    public = Ed25519PrivateKey.from_private_bytes(seed).public_key()
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode().rstrip("=")
-
-
-def default_image(s: Settings) -> Path | None:
-    from appliance.bake import latest
-
-    image = latest(s)
-    return image.path if image else None
