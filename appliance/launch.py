@@ -19,7 +19,9 @@ def launch(
 ) -> Record:
     name = name or s.name
     domain = domain or s.domain or f"{name}.outband.test"
-    if image:
+    if s.target == "digitalocean":
+        image_path = Path(image) if image else None  # a snapshot name or id; None: the newest
+    elif image:
         image_path = Path(image)
     else:
         latest = bake.latest(s)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
+from appliance.errors import OutbandError
 from appliance.state import Record, write_private
 
 SSH_USER = "outband"
@@ -12,6 +15,19 @@ SSH_USER = "outband"
 
 def alias(name: str) -> str:
     return f"outband-{name}"
+
+
+def control_dir() -> Path:
+    """Where ssh's connection-sharing sockets live: short, because a Unix socket path (plus the 40
+    characters of %C and ssh's 17-character temporary suffix) must fit in 108 bytes; state dirs
+    can be long. A private directory per user under the temporary directory."""
+    folder = Path(tempfile.gettempdir()) / f"outband-ssh-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+        raise OutbandError(
+            f"{folder} is not a private directory of this user", hint="remove it; Outband recreates it with mode 0700"
+        )
+    return folder
 
 
 def write_config(record: Record, address: str, port: int, host_public_key: str) -> Path:
@@ -34,7 +50,7 @@ def write_config(record: Record, address: str, port: int, host_public_key: str) 
     ConnectTimeout 10
     LogLevel ERROR
     ControlMaster auto
-    ControlPath {record.dir}/cm-%C
+    ControlPath {control_dir()}/%C
     ControlPersist 120
 """
     return write_private(record.path("ssh_config"), config)

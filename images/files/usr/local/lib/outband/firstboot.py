@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import jinja2
@@ -104,6 +105,22 @@ def load_contract() -> dict:
     if missing:
         raise SystemExit("launch contract lacks " + ", ".join(missing))
     return contract
+
+
+METADATA_PUBLIC_IPV4 = "http://169.254.169.254/metadata/v1/interfaces/public/0/ipv4/address"
+
+
+def discover_public_ip(c: dict) -> None:
+    """On DigitalOcean the address is known only once the droplet exists: ask the metadata service
+    (reachable by root only; nftables rejects everyone else)."""
+    if c.get("public_ip"):
+        return
+    try:
+        with urllib.request.urlopen(METADATA_PUBLIC_IPV4, timeout=2) as response:
+            c["public_ip"] = response.read().decode().strip()
+            say(f"public address from the metadata service: {c['public_ip']}")
+    except OSError:
+        say("no metadata service: coturn runs without external-ip")
 
 
 def write_secrets(c: dict) -> None:
@@ -250,6 +267,7 @@ def template_env(templates: Path = TEMPLATES) -> jinja2.Environment:
 def main() -> int:
     started = time.monotonic()
     c = load_contract()
+    discover_public_ip(c)
     env = template_env()
     write_secrets(c)
     render_configs(c, env)
