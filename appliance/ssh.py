@@ -11,6 +11,14 @@ from appliance.errors import OutbandError
 from appliance.state import Record, write_private
 
 SSH_USER = "outband"
+# ssh errors that no amount of waiting for a booting VM fixes.
+FATAL_ERRORS = (
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "Host key verification failed",
+    "too long for Unix domain socket",
+    "Bad configuration option",
+    "Permission denied (publickey)",
+)
 
 
 def alias(name: str) -> str:

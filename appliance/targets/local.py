@@ -11,6 +11,7 @@ import contextlib
 import errno
 import secrets as pysecrets
 import socket
+import subprocess
 import time
 
 from appliance import https, log, pebble, qemu, ssh, userdata
@@ -173,12 +174,21 @@ class LocalTarget:
             if not qemu.alive(pid):
                 die("the VM stopped during boot", hint=f"see {record.path('serial.log')} and {record.path('qemu.log')}")
             if not ssh_ok:
-                with contextlib.suppress(Exception):
-                    ssh_ok = ssh.command(record, "true", timeout=20).returncode == 0
-                    if ssh_ok:
-                        log.detail("SSH answers with the pinned host key")
-                        if ssh_only:
-                            return
+                try:
+                    probe = ssh.command(record, "true", timeout=20)
+                except subprocess.TimeoutExpired:
+                    continue
+                ssh_ok = probe.returncode == 0
+                if ssh_ok:
+                    log.detail("SSH answers with the pinned host key")
+                    if ssh_only:
+                        return
+                elif any(fatal in probe.stderr for fatal in ssh.FATAL_ERRORS):
+                    # Not a VM still booting: waiting would not help (and a changed host key is an alarm).
+                    die(
+                        f"ssh to the appliance failed: {probe.stderr.strip().splitlines()[-1]}",
+                        hint=f"see {record.path('ssh_config')}",
+                    )
             else:
                 failed = ssh.command(record, "systemctl is-failed --quiet outband-firstboot.service", timeout=20)
                 if failed.returncode == 0:
