@@ -10,7 +10,7 @@ from appliance import lock as lock_mod
 from appliance import log
 from appliance import verify as verify_mod
 from appliance.cache import Cache
-from appliance.cli import command, settings
+from appliance.cli import command
 
 
 @task(
@@ -29,8 +29,7 @@ def bake(
     no_layer_cache: bool = False,
 ) -> None:
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
-    s = settings(c, target=target, webclient=webclient)
-    with command("bake", s):
+    with command("bake", c, target=target, webclient=webclient) as s:
         image = bake_mod.bake(s, use_layers=not no_layer_cache, via=via)
         log.console.print(f"image: {image.path} ({image.size / 2**20:.0f} MiB)")
         log.console.print(f"sbom:  {image.sbom}")
@@ -40,8 +39,7 @@ def bake(
 @task
 def lock(c: Context) -> None:
     """Re-resolve images/lock/synapse.txt (versions + hashes) for the image's Python."""
-    s = settings(c)
-    with command("lock", s):
+    with command("lock", c) as s:
         lock_mod.lock(s, Cache(s.dirs.cache))
 
 
@@ -63,8 +61,7 @@ def launch(
     keep_on_failure: bool = False,
 ) -> None:
     """Boot an appliance with fresh per-launch secrets; returns when it is healthy."""
-    s = settings(c, target=target)
-    with command("launch", s):
+    with command("launch", c, target=target) as s:
         record = launch_mod.launch(s, name=name, domain=domain, image=image, keep_on_failure=keep_on_failure)
         launch_mod.print_summary(record)
 
@@ -72,24 +69,21 @@ def launch(
 @task(help={"name": "appliance name (default: outband.name)"})
 def verify(c: Context, name: str | None = None) -> None:
     """Run tests/infra (pytest-testinfra over SSH with the pinned host key) against an appliance."""
-    s = settings(c)
-    with command("verify", s):
+    with command("verify", c) as s:
         verify_mod.verify(s, name or s.name)
 
 
 @task(help={"name": "appliance name (default: outband.name)", "yes": "do not ask for confirmation"})
 def destroy(c: Context, name: str | None = None, yes: bool = False) -> None:
     """Stop an appliance and remove everything made for it (secrets shredded). Idempotent."""
-    s = settings(c)
-    with command("destroy", s):
+    with command("destroy", c) as s:
         launch_mod.destroy(s, name or s.name, yes=yes)
 
 
 @task(name="ls")
 def list_(c: Context) -> None:
     """List the appliances known on this machine."""
-    s = settings(c)
-    with command("ls"):
+    with command("ls", c, log_file=False) as s:
         launch_mod.print_list(s)
 
 
@@ -104,8 +98,7 @@ def bench(c: Context, runs: int = 1, cold: bool = True, webclient: str | None = 
     """Measure bake (cold/warm), image size, launch→verified, destroy, idle memory → BENCHMARKS.md."""
     from appliance import bench as bench_mod
 
-    s = settings(c, webclient=webclient)
-    with command("bench", s):
+    with command("bench", c, webclient=webclient) as s:
         results, accel = bench_mod.run(s, runs=runs, cold=cold)
         path = bench_mod.write_markdown(s, results, accel)
         log.console.print(path.read_text())
@@ -116,8 +109,7 @@ def images(c: Context, prune: int = 0) -> None:
     """List the Outband snapshots in the DigitalOcean account (--prune N keeps the newest N)."""
     from appliance.targets.digitalocean import DigitalOceanTarget
 
-    s = settings(c, target="digitalocean")
-    with command("images", s):
+    with command("images", c, target="digitalocean") as s:
         target = DigitalOceanTarget(s)
         if prune:
             for snap in target.prune_snapshots(prune):

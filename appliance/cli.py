@@ -18,13 +18,14 @@ def settings(c: Context, **overrides: Any) -> config.Settings:
 
 
 @contextlib.contextmanager
-def command(name: str, s: config.Settings | None = None) -> Iterator[None]:
-    """Open the run's log file; turn user errors and Ctrl-C into one line and an exit status."""
-    if s is not None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        log.open_log(s.dirs.output / "logs" / f"{name}-{stamp}.log")
+def command(name: str, c: Context, log_file: bool = True, **overrides: Any) -> Iterator[config.Settings]:
+    """Settings for the task, the run's log file; user errors and Ctrl-C → one line and an exit status."""
     try:
-        yield
+        s = settings(c, **overrides)
+        if log_file:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            log.open_log(s.dirs.output / "logs" / f"{name}-{stamp}.log")
+        yield s
     except OutbandError as e:
         message = f"error: {e.message}"
         if e.hint:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from appliance import bake, log, targets
+from appliance import bake, log, targets, userdata
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
 from appliance.state import Record, Store
@@ -17,8 +17,8 @@ from appliance.state import Record, Store
 def launch(
     s: Settings, name: str | None, domain: str | None, image: str | None, keep_on_failure: bool = False
 ) -> Record:
-    name = name or s.name
-    domain = domain or s.domain or f"{name}.outband.test"
+    name = userdata.validate_name(name or s.name)
+    domain = userdata.validate_domain(domain or s.domain or f"{name}.outband.test")
     if s.target == "digitalocean":
         image_path = Path(image) if image else None  # a snapshot name or id; None: the newest
     elif image:

@@ -48,8 +48,8 @@ def run(
     """Run a command with its output in the log; on failure die naming `what` and the log line."""
     argv = [str(a) for a in argv]
     require(argv[0])
+    first_line = log.log_line_count() + 1  # the command's own line, written next
     log.detail("$ " + " ".join(argv))
-    first_line = log.log_line_count() + 1
     if capture:
         proc = subprocess.run(argv, input=input, capture_output=True, env=env, cwd=cwd, check=False)
         out = proc.stdout.decode(errors="replace")
