@@ -122,8 +122,12 @@ def test_image_is_sealed(bare):
         ]
         served = host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()[1]
         assert served == record.path("host_ed25519.pub").read_text().split()[1]
-        keys = host.check_output("find / -xdev -name 'authorized_keys*' 2>/dev/null")
-        assert keys.split() == ["/home/outband/.ssh/authorized_keys"]
+        keys = host.check_output("find / -xdev -name 'authorized_keys*' 2>/dev/null").split()
+        assert sorted(keys) == ["/home/outband/.ssh/authorized_keys", "/root/.ssh/authorized_keys"]
+        # cloud-init (disable_root: true) gives root only a forced "log in as outband" command.
+        for line in host.file("/root/.ssh/authorized_keys").content_string.splitlines():
+            assert 'command="echo \'Please login as the user \\"outband\\"' in line, line
+        assert "permitrootlogin no" in host.check_output("sshd -T")
         assert host.check_output("ls -A /usr/local/share/ca-certificates") == ""
         bundle = host.file("/etc/ssl/certs/ca-certificates.crt").content_string
         for extra in Path("/usr/local/share/ca-certificates").glob("*.crt"):  # the builder's proxy CAs
