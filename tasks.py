@@ -7,7 +7,7 @@ from invoke import Collection, Context, task
 from appliance import bake as bake_mod
 from appliance import launch as launch_mod
 from appliance import lock as lock_mod
-from appliance import log
+from appliance import log, teamops
 from appliance import verify as verify_mod
 from appliance.cache import Cache
 from appliance.cli import command
@@ -118,4 +118,56 @@ def images(c: Context, prune: int = 0) -> None:
             log.console.print(f"{snap['id']:>12}  {snap['created_at']}  {snap['name']}")
 
 
-ns = Collection(bake, launch, verify, destroy, list_, lock, bench, images)
+APPLIANCE_HELP = "appliance name (default: outband.name)"
+
+
+@task(
+    name="add",
+    help={"user": "the new account's name (localpart)", "admin": "make it a Synapse admin", "name": APPLIANCE_HELP},
+)
+def user_add(c: Context, user: str, admin: bool = False, name: str | None = None) -> None:
+    """Create an account (registration stays off); its password is printed once."""
+    with command("user-add", c) as s:
+        teamops.user_add(s, name or s.name, user, admin)
+
+
+@task(name="list", help={"name": APPLIANCE_HELP})
+def user_list(c: Context, name: str | None = None) -> None:
+    """List the accounts."""
+    with command("user-list", c) as s:
+        teamops.user_list(s, name or s.name)
+
+
+@task(
+    name="deactivate",
+    help={"user": "account to deactivate", "erase": "also erase its data (GDPR erasure)", "name": APPLIANCE_HELP},
+)
+def user_deactivate(c: Context, user: str, erase: bool = False, name: str | None = None) -> None:
+    """Deactivate an account (it can no longer log in)."""
+    with command("user-deactivate", c) as s:
+        teamops.user_deactivate(s, name or s.name, user, erase)
+
+
+@task(name="reset-password", help={"user": "account", "name": APPLIANCE_HELP})
+def user_reset_password(c: Context, user: str, name: str | None = None) -> None:
+    """Set a new random password (printed once) and log the account's devices out."""
+    with command("user-reset-password", c) as s:
+        teamops.user_reset_password(s, name or s.name, user)
+
+
+@task(name="control-room", help={"members": "comma-separated account names", "name": APPLIANCE_HELP})
+def control_room(c: Context, members: str, name: str | None = None) -> None:
+    """An encrypted, invite-only #control room with these members (idempotent)."""
+    with command("control-room", c) as s:
+        teamops.control_room(s, name or s.name, [m.strip() for m in members.split(",") if m.strip()])
+
+
+@task(help={"follow": "keep watching and print new logins", "name": APPLIANCE_HELP})
+def audit(c: Context, follow: bool = False, name: str | None = None) -> None:
+    """Who logged in, when, from which address and device."""
+    with command("audit", c) as s:
+        teamops.audit(s, name or s.name, follow)
+
+
+users = Collection("user", user_add, user_list, user_deactivate, user_reset_password)
+ns = Collection(bake, launch, verify, destroy, list_, lock, bench, images, control_room, audit, users)

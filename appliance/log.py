@@ -68,6 +68,14 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}")
 
 
+_phase: list[str] = []
+
+
+def progress(text: str) -> None:
+    """What the current step is doing right now (e.g. packer's last message), shown after its title."""
+    _phase[:] = [text[:80]]
+
+
 def _interactive() -> bool:
     return console.is_terminal and os.environ.get("CI") != "true"
 
@@ -79,13 +87,15 @@ def step(title: str) -> Iterator[None]:
     logger.info("==> %s", title)
     done = threading.Event()
     status = None
+    _phase.clear()
     if _interactive():
         status = console.status(f"{title} …")
         status.start()
 
         def refresh() -> None:
             while not done.wait(1.0):
-                status.update(f"{title} … {time.monotonic() - start:.0f}s")
+                detail = f" — {_phase[-1]}" if _phase else ""
+                status.update(f"{title} … {time.monotonic() - start:.0f}s{detail}")
 
         threading.Thread(target=refresh, daemon=True).start()
     else:

@@ -99,6 +99,8 @@ def build(variables: Mapping[str, str], only: str, env: Mapping[str, str] | None
                     log.detail(f"packer {kind}: {text}")
                     if kind == "error":
                         errors.append(text)
+                    elif kind == "say":
+                        log.progress(text.removeprefix("==> ").strip())
                 else:
                     log.detail(f"packer {record.type}: {','.join(record.data)}")
         worker.join()

@@ -59,3 +59,20 @@ def store(settings):
 
 def state_dir(settings, name: str) -> Path:
     return settings.dirs.state / "appliances" / name
+
+
+NAMES = ("e2e-a", "e2e-b")
+
+
+@pytest.fixture(scope="session")
+def launched(baked, settings, store):
+    """Two appliances, launched one beside the other; destroyed at the end whatever happens."""
+    for name in NAMES:
+        invoke("destroy", "--name", name, "--yes")
+    try:
+        for name in NAMES:
+            invoke("launch", "--name", name)
+        yield {name: store.require(name) for name in NAMES}
+    finally:
+        for name in NAMES:
+            invoke("destroy", "--name", name, "--yes", check=False)

@@ -12,24 +12,9 @@ import pytest
 
 from appliance import qemu
 from tests.conftest import REPO
-from tests.e2e.conftest import invoke, state_dir
+from tests.e2e.conftest import NAMES, invoke, state_dir
 
 pytestmark = pytest.mark.vm
-NAMES = ("e2e-a", "e2e-b")
-
-
-@pytest.fixture(scope="module")
-def launched(baked, settings, store):
-    """Two appliances, launched one beside the other; destroyed at the end whatever happens."""
-    for name in NAMES:
-        invoke("destroy", "--name", name, "--yes")
-    try:
-        for name in NAMES:
-            invoke("launch", "--name", name)
-        yield {name: store.require(name) for name in NAMES}
-    finally:
-        for name in NAMES:
-            invoke("destroy", "--name", name, "--yes", check=False)
 
 
 @pytest.mark.parametrize("name", NAMES)
