@@ -231,6 +231,7 @@ def bake_with_packer(s: Settings) -> Image:
                 "memory": str(s.vm.memory_mb),
                 "output_dir": str(tmp / "out"),
                 "vm_name": "outband.qcow2",
+                "serial_log": str(s.dirs.output / "logs" / f"{name}-serial.log"),
             }
             with log.step("Packer: validate the template"):
                 packer.validate(variables, only="qemu")

@@ -8,6 +8,7 @@ reads line by line, parsing `-machine-readable` records into the log and the pro
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -52,9 +53,41 @@ def arguments(variables: Mapping[str, str], only: str | None = None, build: bool
     return kwargs
 
 
-def _executable(stdout: int | None = None) -> PackerExecutable:
+class _Packer(PackerExecutable):
+    """packer-py's argument building, but keeping the process handle: packer-py's execute_cmd hides
+    it, and an interrupted bake must stop packer (which then stops its VM) instead of orphaning it."""
+
+    proc: subprocess.Popen | None = None
+
+    def execute_cmd(self, packer_cmd: str, template: str | None = None, **kwargs: object) -> tuple:
+        argv = [self.configuration[PackerExecutable.PATH], packer_cmd]
+        if "machine-readable" in self.configuration:
+            argv.append("-machine-readable")
+        argv.extend(self._explode_args(**kwargs))
+        if template:
+            argv.append(template)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self.configuration["stdout"], stderr=self.configuration["stderr"]
+        )
+        out, err = self.proc.communicate()
+        return self.proc.returncode, out, err
+
+
+def _executable(stdout: int | None = None) -> _Packer:
     config = {"stdout": stdout if stdout is not None else subprocess.PIPE, "stderr": subprocess.STDOUT}
-    return PackerExecutable(require("packer"), machine_readable=True, config=config)
+    return _Packer(require("packer"), machine_readable=True, config=config)
+
+
+def _stop(executable: _Packer) -> None:
+    """SIGINT first: packer then tears down its VM and temporary files itself."""
+    proc = executable.proc
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def validate(variables: Mapping[str, str], only: str | None = None) -> None:
@@ -75,9 +108,11 @@ def build(variables: Mapping[str, str], only: str, env: Mapping[str, str] | None
     result: dict[str, object] = {}
     errors: list[str] = []
 
+    executable = _executable(write_fd)
+
     def run() -> None:
         try:
-            result["code"], _, _ = _executable(write_fd).build(str(TEMPLATE), **arguments(variables, only, build=True))
+            result["code"], _, _ = executable.build(str(TEMPLATE), **arguments(variables, only, build=True))
         finally:
             os.close(write_fd)
 
@@ -104,6 +139,9 @@ def build(variables: Mapping[str, str], only: str, env: Mapping[str, str] | None
                 else:
                     log.detail(f"packer {record.type}: {','.join(record.data)}")
         worker.join()
+    except BaseException:
+        _stop(executable)
+        raise
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
