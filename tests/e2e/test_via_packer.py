@@ -1,0 +1,65 @@
+"""`invoke bake --via packer`: the same recipe through Packer's qemu source, provisioned over SSH on a
+live system (the path the DigitalOcean builder takes), then the result booted and checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import testinfra
+
+from appliance import targets
+from appliance.targets.local import LocalTarget
+from tests.e2e.conftest import WEBCLIENT, invoke
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def packer_image(settings, baked):
+    result = invoke("bake", "--via", "packer", "--webclient", WEBCLIENT, timeout=5400)
+    pointer = json.loads((settings.dirs.output / "images/latest.json").read_text())
+    images = settings.dirs.output / "images"
+    manifest = json.loads((images / pointer["manifest"]).read_text())
+    return {"image": images / pointer["image"], "manifest": manifest, "stdout": result.stdout}
+
+
+def test_packer_bake_records_the_same_recipe(packer_image, baked):
+    manifest = packer_image["manifest"]
+    assert manifest["name"].endswith("-packer")
+    assert manifest["recipe_sha256"] == baked["manifest"]["recipe_sha256"]  # one recipe, two paths
+    assert manifest["wheels"] == baked["manifest"]["wheels"]
+    for pkg in ("postgresql-17", "nginx", "coturn", "certbot", "python3-psycopg2"):
+        assert pkg in manifest["debian_packages"]
+
+
+def test_the_packer_image_boots_sealed(packer_image, settings):
+    target = LocalTarget(settings)
+    spec = targets.LaunchSpec(
+        name="e2e-packer",
+        domain="e2e-packer.outband.test",
+        image=packer_image["image"],
+        contact_email="ops@example.org",
+        bare=True,
+    )
+    existing = target.store.get("e2e-packer")
+    if existing:
+        target.destroy(existing)
+    record = target.launch(spec)
+    try:
+        host = testinfra.get_host(f"ssh://outband-{record.name}", ssh_config=str(record.path("ssh_config")))
+        with host.sudo():
+            assert host.check_output("ls /etc/ssh/ | grep '^ssh_host_' | sort").split() == [
+                "ssh_host_ed25519_key",
+                "ssh_host_ed25519_key.pub",
+            ]
+            assert host.check_output("ls -A /usr/local/share/ca-certificates") == ""
+            # The build VM's login (the packer key) is gone; only this boot's operator key is there.
+            operator = record.path("operator_ed25519.pub").read_text().split()[1]
+            assert host.file("/home/outband/.ssh/authorized_keys").content_string.count("ssh-") == 1
+            assert operator in host.file("/home/outband/.ssh/authorized_keys").content_string
+        assert host.run("/opt/synapse/bin/python -c 'import synapse, psycopg2'").rc == 0
+        assert host.service("outband-firstboot").is_enabled
+        assert host.check_output("systemctl --failed --no-legend --plain") == ""
+    finally:
+        target.destroy(record)
