@@ -169,5 +169,12 @@ def audit(c: Context, follow: bool = False, name: str | None = None) -> None:
         teamops.audit(s, name or s.name, follow)
 
 
+@task(name="turn-check", help={"name": APPLIANCE_HELP})
+def turn_check(c: Context, name: str | None = None) -> None:
+    """Real TURN allocation with Synapse's credentials; relaying into internal networks must be refused."""
+    with command("turn-check", c) as s:
+        teamops.turn_check(s, name or s.name)
+
+
 users = Collection("user", user_add, user_list, user_deactivate, user_reset_password)
-ns = Collection(bake, launch, verify, destroy, list_, lock, bench, images, control_room, audit, users)
+ns = Collection(bake, launch, verify, destroy, list_, lock, bench, images, control_room, audit, turn_check, users)

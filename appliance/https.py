@@ -34,6 +34,7 @@ def request(
     body: Any = None,
     timeout: float = 10.0,
     tls_version: ssl.TLSVersion | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     ctx = ssl.create_default_context(cafile=ca_file)
     if tls_version is not None:
@@ -48,7 +49,7 @@ def request(
         retries=False,
     )
     try:
-        headers = {"Host": name if port == 443 else f"{name}:{port}"}
+        headers = {"Host": name if port == 443 else f"{name}:{port}", **(headers or {})}
         data = None
         if body is not None:
             data = json.dumps(body).encode()

@@ -87,3 +87,29 @@ def audit(s: Settings, appliance: str, follow: bool, interval: float = 5.0) -> N
             if not follow:
                 return
             time.sleep(interval)
+
+
+def turn_check(s: Settings, appliance: str) -> None:
+    import json
+
+    from appliance import turncheck
+    from appliance.errors import ExitStatus, die
+
+    record = _record(s, appliance)
+    facts = json.loads(record.path("facts.json").read_text())
+    with matrix.tunnel(record) as base:
+        api = matrix.admin_session(record, base)
+    relayed, results = turncheck.check(
+        facts["address"], facts["domain"], facts["acme_root"], api.token, facts["address"]
+    )
+    table = Table("peer", "expected", "coturn said")
+    for r in results:
+        table.add_row(r.peer, r.expected, r.outcome if r.ok else f"[red]{r.outcome}[/]")
+    log.console.print(f"allocation: relayed address {relayed}")
+    log.console.print(table)
+    if not all(r.ok for r in results):
+        die(
+            "TURN relaying policy is wrong",
+            hint="see denied-peer-ip in /etc/turnserver.conf",
+            status=ExitStatus.VERIFY_FAILED,
+        )

@@ -209,3 +209,13 @@ def test_audit_lists_logins_with_devices_and_addresses(team):
     table = invoke("audit", "--name", APPLIANCE).stdout
     assert "@alice:" in table and "@bob:" in table
     assert "10.0.2.2" in table  # the host's side of qemu's user network, as nginx forwards it
+
+
+def test_turn_allocation_works_and_internal_relays_are_refused(team):
+    result = invoke("turn-check", "--name", APPLIANCE, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout + result.stderr
+    assert "relayed address" in out
+    for peer in ("127.0.0.1", "10.0.0.1", "169.254.169.254"):
+        line = next(x for x in out.splitlines() if f" {peer} " in f" {x} ")
+        assert "refused (403" in line, line

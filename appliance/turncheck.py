@@ -1,0 +1,94 @@
+"""turn-check: TURN as a calling client sees it — credentials from Synapse, a real allocation on
+coturn, and proof that relaying into internal networks is refused.
+
+Credentials come from /_matrix/client/v3/voip/turnServer (what Element asks before a call). The
+allocation and CreatePermission requests use aioice's TURN client (long-term credentials, message
+integrity). A CreatePermission only installs a permission on coturn: no packet goes to the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aioice import stun
+from aioice.turn import create_turn_endpoint
+
+from appliance import https
+from appliance.errors import ExitStatus, die
+
+# Peers coturn must refuse (denied-peer-ip): loopback, private, cloud metadata.
+DENIED_PEERS = ["127.0.0.1", "10.0.0.1", "169.254.169.254"]
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    peer: str
+    expected: str  # "allowed" | "refused"
+    outcome: str  # "allowed" | "refused (403 Forbidden IP)" | …
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.startswith(self.expected)
+
+
+def turn_credentials(address: str, domain: str, ca_file: str, token: str) -> dict:
+    r = https.request(
+        address,
+        443,
+        f"matrix.{domain}",
+        "/_matrix/client/v3/voip/turnServer",
+        ca_file,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    if r.status != 200 or not r.json().get("uris"):
+        die(
+            f"Synapse gave no TURN credentials ({r.status}: {r.body[:120]!r})",
+            hint="check turn_uris and turn_shared_secret_path on the appliance",
+        )
+    return r.json()
+
+
+class _Sink(asyncio.DatagramProtocol):
+    pass
+
+
+async def _check(server: tuple[str, int], username: str, password: str, allowed_peer: str) -> tuple[str, list]:
+    transport, protocol = await create_turn_endpoint(
+        _Sink, server_addr=server, username=username, password=password, transport="udp"
+    )
+    try:
+        relayed = f"{protocol.relayed_address[0]}:{protocol.relayed_address[1]}"
+        results = []
+        for peer, expected in [(allowed_peer, "allowed"), *[(p, "refused") for p in DENIED_PEERS]]:
+            request = stun.Message(message_method=stun.Method.CREATE_PERMISSION, message_class=stun.Class.REQUEST)
+            request.attributes["XOR-PEER-ADDRESS"] = (peer, 9)
+            try:
+                await protocol.request_with_retry(request)
+                outcome = "allowed"
+            except stun.TransactionFailed as e:
+                code, reason = e.response.attributes.get("ERROR-CODE", (0, "?"))
+                outcome = f"refused ({code} {reason})"
+            except stun.TransactionTimeout:
+                outcome = "no answer"
+            results.append(PeerResult(peer, expected, outcome))
+        return relayed, results
+    finally:
+        transport.close()
+
+
+def check(address: str, domain: str, ca_file: str, token: str, public_ip: str) -> tuple[str, list[PeerResult]]:
+    creds = turn_credentials(address, domain, ca_file, token)
+    if not any(u.startswith("turn:") and "transport=udp" in u for u in creds["uris"]):
+        die(f"no UDP TURN URI among {creds['uris']}", hint="check turn_uris", status=ExitStatus.VERIFY_FAILED)
+    # The URIs name matrix.D; on this machine that is the appliance's own address.
+    try:
+        return asyncio.run(
+            asyncio.wait_for(_check((address, 3478), creds["username"], creds["password"], public_ip), timeout=60)
+        )
+    except (ConnectionError, stun.TransactionError, TimeoutError) as e:
+        die(
+            f"TURN allocation on {address}:3478 failed: {e!r}",
+            hint="is coturn running? `invoke verify`",
+            status=ExitStatus.VERIFY_FAILED,
+        )
