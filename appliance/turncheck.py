@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 from aioice import stun
-from aioice.turn import create_turn_endpoint
+from aioice.turn import TurnClientUdpProtocol
 
 from appliance import https
 from appliance.errors import ExitStatus, die
@@ -49,16 +49,18 @@ def turn_credentials(address: str, domain: str, ca_file: str, token: str) -> dic
     return r.json()
 
 
-class _Sink(asyncio.DatagramProtocol):
-    pass
-
-
 async def _check(server: tuple[str, int], username: str, password: str, allowed_peer: str) -> tuple[str, list]:
-    transport, protocol = await create_turn_endpoint(
-        _Sink, server_addr=server, username=username, password=password, transport="udp"
+    # aioice's TURN client protocol directly: its public connect()/request_with_retry() let us send
+    # CreatePermission and read coturn's error codes (the TurnTransport wrapper hides them).
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: TurnClientUdpProtocol(
+            server, username=username, password=password, lifetime=600, channel_refresh_time=300
+        ),
+        remote_addr=server,
     )
     try:
-        relayed = f"{protocol.relayed_address[0]}:{protocol.relayed_address[1]}"
+        relayed_host, relayed_port = await protocol.connect()
         results = []
         for peer, expected in [(allowed_peer, "allowed"), *[(p, "refused") for p in DENIED_PEERS]]:
             request = stun.Message(message_method=stun.Method.CREATE_PERMISSION, message_class=stun.Class.REQUEST)
@@ -72,7 +74,8 @@ async def _check(server: tuple[str, int], username: str, password: str, allowed_
             except stun.TransactionTimeout:
                 outcome = "no answer"
             results.append(PeerResult(peer, expected, outcome))
-        return relayed, results
+        await protocol.delete()
+        return f"{relayed_host}:{relayed_port}", results
     finally:
         transport.close()
 
