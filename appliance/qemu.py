@@ -163,7 +163,10 @@ def start(spec: VmSpec, log_file: Path) -> int:
     require(QEMU)
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        proc = subprocess.Popen(argv(spec), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+        # umask 077: the serial log, pidfile and QMP socket that qemu creates are private like the rest of the state.
+        proc = subprocess.Popen(
+            argv(spec), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True, umask=0o077
+        )
     finally:
         os.close(fd)
     # qemu fails fast on a taken port or a bad argument: catch that here, with its message.
