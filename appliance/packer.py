@@ -120,6 +120,8 @@ def build(variables: Mapping[str, str], only: str, env: Mapping[str, str] | None
     # resolves the template's relative script paths from its working directory.
     saved_env, saved_cwd = dict(os.environ), Path.cwd()
     os.environ.update(env or {})
+    # Packer keeps downloads in ./packer_cache unless told otherwise: keep the repository clean.
+    os.environ.setdefault("PACKER_CACHE_DIR", str(Path.home() / ".cache/outband/packer"))
     os.chdir(REPO)
     try:
         worker = threading.Thread(target=run, daemon=True)
