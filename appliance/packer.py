@@ -23,6 +23,8 @@ from appliance.errors import die
 from appliance.run import require
 
 TEMPLATE = IMAGES / "packer.json"
+# Packer keeps downloads in ./packer_cache unless told otherwise: keep the repository clean.
+PACKER_CACHE = str(Path.home() / ".cache/outband/packer")
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,13 @@ def _stop(executable: _Packer) -> None:
 
 
 def validate(variables: Mapping[str, str], only: str | None = None) -> None:
-    code, out, _ = _executable().validate(str(TEMPLATE), **arguments(variables, only))
+    saved = os.environ.get("PACKER_CACHE_DIR")
+    os.environ.setdefault("PACKER_CACHE_DIR", PACKER_CACHE)
+    try:
+        code, out, _ = _executable().validate(str(TEMPLATE), **arguments(variables, only))
+    finally:
+        if saved is None:
+            os.environ.pop("PACKER_CACHE_DIR", None)
     text = out.decode(errors="replace") if out else ""
     log.detail(text)
     if code != 0:
@@ -120,8 +128,7 @@ def build(variables: Mapping[str, str], only: str, env: Mapping[str, str] | None
     # resolves the template's relative script paths from its working directory.
     saved_env, saved_cwd = dict(os.environ), Path.cwd()
     os.environ.update(env or {})
-    # Packer keeps downloads in ./packer_cache unless told otherwise: keep the repository clean.
-    os.environ.setdefault("PACKER_CACHE_DIR", str(Path.home() / ".cache/outband/packer"))
+    os.environ.setdefault("PACKER_CACHE_DIR", PACKER_CACHE)
     os.chdir(REPO)
     try:
         worker = threading.Thread(target=run, daemon=True)
