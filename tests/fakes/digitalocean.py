@@ -213,6 +213,15 @@ class FakeDigitalOcean:
                             "type": "private",
                         },
                     ]
+                    if d["_request"].get("ipv6"):
+                        d["networks"]["v6"] = [
+                            {
+                                "ip_address": f"2001:db8::{n:x}",
+                                "netmask": 64,
+                                "gateway": "2001:db8::1",
+                                "type": "public",
+                            }
+                        ]
                 return 200, {"droplet": _public(d)}
             if method == "DELETE":
                 if "droplet" not in s.sticky:

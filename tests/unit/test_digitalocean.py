@@ -233,3 +233,17 @@ def test_pure_helpers():
     inbound, outbound = firewall_rules("192.0.2.1/32")
     assert inbound[0]["sources"]["addresses"] == ["192.0.2.1/32"]
     assert {r["protocol"] for r in outbound} == {"tcp", "udp", "icmp"}
+
+
+def test_ipv6_adds_aaaa_records(target, fake, settings):
+    import dataclasses
+
+    target.s = dataclasses.replace(settings, do=dataclasses.replace(settings.do, ipv6=True))
+    record = target.launch(spec())
+    assert fake.bodies("POST", "/v2/droplets")[0]["ipv6"] is True
+    records = fake.bodies("POST", "/v2/domains/example.org/records")
+    aaaa = [r for r in records if r["type"] == "AAAA"]
+    assert [r["name"] for r in aaaa] == ["chat", "matrix.chat", "element.chat", "riot.chat"]
+    assert {r["data"] for r in aaaa} == {record.data["address_v6"]}
+    target.destroy(record)
+    assert nothing_left(fake)
