@@ -238,11 +238,7 @@ def bake_with_packer(s: Settings) -> Image:
             with log.step("Packer qemu source: boot the base disk, provision over SSH, seal"):
                 packer.build(variables, only="qemu")
             with log.step("Manifest, SBOM and compressed qcow2"):
-                debs = [
-                    dict(zip(("name", "version", "arch"), line.split("\t"), strict=True))
-                    for line in sorted((tmp / "facts.tsv").read_text().splitlines())
-                    if line.strip()
-                ]
+                debs = sbom.parse_dpkg((tmp / "facts.tsv").read_text())
                 # pip --require-hashes installed exactly the lock, or the build failed.
                 wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
                 bom = sbom.cyclonedx(name, recipe_hash, debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
@@ -286,11 +282,7 @@ def bake_digitalocean(s: Settings) -> Image:
             packer.validate(variables, only="digitalocean")
         with log.step(f"Packer digitalocean source: droplet → provision → seal → snapshot {name}"):
             packer.build(variables, only="digitalocean")
-        debs = [
-            dict(zip(("name", "version", "arch"), line.split("\t"), strict=True))
-            for line in sorted((tmp / "facts.tsv").read_text().splitlines())
-            if line.strip()
-        ]
+        debs = sbom.parse_dpkg((tmp / "facts.tsv").read_text())
         wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
         bom = sbom.cyclonedx(name, recipe_hash, debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
         out = images_dir(s)

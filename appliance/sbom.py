@@ -14,15 +14,23 @@ _REQ = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)")
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
 
+DPKG_FORMAT = "${Package}\t${Version}\t${Architecture}\n"
+
+
+def parse_dpkg(text: str) -> list[dict[str, str]]:
+    """dpkg-query -W -f DPKG_FORMAT output → sorted package records."""
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    return [{"name": n, "version": v, "arch": a} for n, v, a in sorted(rows)]
+
+
 def debian_packages(tree: Path) -> list[dict[str, str]]:
     out = run(
-        ["chroot", tree, "dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\n"],
+        ["chroot", tree, "dpkg-query", "-W", "-f", DPKG_FORMAT],
         what="dpkg-query",
         capture=True,
         env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
     )
-    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
-    return [{"name": n, "version": v, "arch": a} for n, v, a in sorted(rows)]
+    return parse_dpkg(out)
 
 
 def locked_wheels(lock_file: Path) -> list[dict[str, Any]]:

@@ -87,14 +87,18 @@ class Store:
     def dir_for(self, name: str) -> Path:
         return self.root / "appliances" / name
 
-    def create(self, name: str, target: str) -> Record:
-        folder = self.dir_for(name)
-        if folder.exists():
+    def ensure_free(self, name: str) -> None:
+        """Refuse a name in use before anything is made for a new appliance."""
+        if self.dir_for(name).exists():
             die(
                 f"an appliance named {name!r} already exists",
                 hint=f"pick another --name or `invoke destroy {name}`",
                 status=ExitStatus.USAGE,
             )
+
+    def create(self, name: str, target: str) -> Record:
+        self.ensure_free(name)
+        folder = self.dir_for(name)
         private_dir(self.root)
         private_dir(self.root / "appliances")
         folder.mkdir(mode=0o700)

@@ -137,12 +137,7 @@ class DigitalOceanTarget:
                 hint="set outband.digitalocean.operator_cidr to your address, e.g. 198.51.100.7/32",
                 status=ExitStatus.USAGE,
             )
-        if self.store.get(spec.name) is not None:
-            die(
-                f"an appliance named {spec.name!r} already exists",
-                hint=f"pick another --name or `invoke destroy {spec.name}`",
-                status=ExitStatus.USAGE,
-            )
+        self.store.ensure_free(spec.name)
 
     def launch(self, spec: LaunchSpec, keep_on_failure: bool = False) -> Record:
         self.check(spec)

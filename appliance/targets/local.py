@@ -78,12 +78,7 @@ class LocalTarget:
                 hint="run `invoke bake` or pass --image PATH",
                 status=ExitStatus.USAGE,
             )
-        if self.store.get(spec.name) is not None:
-            die(
-                f"an appliance named {spec.name!r} already exists",
-                hint=f"pick another --name or `invoke destroy {spec.name}`",
-                status=ExitStatus.USAGE,
-            )
+        self.store.ensure_free(spec.name)
         address = self.allocate_address()
         self.check_ports(address)
         accel = qemu.choose_accel(self.s.vm.accel, kernel_for(spec.image), self.s.dirs.cache)
