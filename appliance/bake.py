@@ -87,12 +87,8 @@ def disk_full_is_an_error() -> Iterator[None]:
 
 def bake(s: Settings, use_layers: bool = True, via: str = "chroot", change_script: str | None = None) -> Image:
     """Bake an image. `change_script` (benchmarks only) appends a line to that staged script."""
-    if s.target != "local":
-        die(
-            f"baking for target {s.target!r} is not implemented yet",
-            hint="bake for --target local",
-            status=ExitStatus.USAGE,
-        )
+    if s.target == "digitalocean":
+        return bake_digitalocean(s)
     if via not in ("chroot", "packer"):
         die(f"--via must be chroot or packer, not {via!r}", hint="chroot is the fast default", status=ExitStatus.USAGE)
     preflight(s)
