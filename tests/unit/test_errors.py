@@ -53,7 +53,7 @@ def test_an_artifact_with_the_wrong_hash_is_refused(tmp_path):
 
 def invoke_cli(tmp_path, *args):
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DIGITALOCEAN_TOKEN"},
         "INVOKE_OUTBAND_DIRS_STATE": str(tmp_path / "state"),
         "INVOKE_OUTBAND_DIRS_OUTPUT": str(tmp_path / "out"),
     }
@@ -71,6 +71,13 @@ def invoke_cli(tmp_path, *args):
         (["launch", "--name", "ok"], 2, "no baked image"),
         (["bake", "--webclient", "netscape"], 2, "webclient must be one of"),
         (["verify", "--name", "ghost"], 2, "no appliance named 'ghost'"),
+        (["bake", "--target", "digitalocean"], 2, "DIGITALOCEAN_TOKEN is not set"),
+        (["images"], 2, "DIGITALOCEAN_TOKEN is not set"),
+        (
+            ["launch", "--target", "digitalocean", "--name", "ok", "--domain", "chat.example.org"],
+            2,
+            "not inside the DigitalOcean DNS zone",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_with_a_hint_and_an_exit_status(tmp_path, args, status, message):
