@@ -31,9 +31,9 @@ def bake(
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
     with command("bake", c, target=target, webclient=webclient) as s:
         image = bake_mod.bake(s, use_layers=not no_layer_cache, via=via)
-        log.console.print(f"image: {image.path} ({image.size / 2**20:.0f} MiB)")
-        log.console.print(f"sbom:  {image.sbom}")
-        log.console.print(f"log:   {log.log_path()}")
+        log.out.print(f"image: {image.path} ({image.size / 2**20:.0f} MiB)")
+        log.out.print(f"sbom:  {image.sbom}")
+        log.out.print(f"log:   {log.log_path()}")
 
 
 @task
@@ -113,9 +113,9 @@ def images(c: Context, prune: int = 0) -> None:
         target = DigitalOceanTarget(s)
         if prune:
             for snap in target.prune_snapshots(prune):
-                log.console.print(f"deleted {snap['name']} ({snap['id']})")
+                log.out.print(f"deleted {snap['name']} ({snap['id']})")
         for snap in target.snapshots():
-            log.console.print(f"{snap['id']:>12}  {snap['created_at']}  {snap['name']}")
+            log.out.print(f"{snap['id']:>12}  {snap['created_at']}  {snap['name']}")
 
 
 APPLIANCE_HELP = "appliance name (default: outband.name)"

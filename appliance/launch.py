@@ -41,7 +41,7 @@ def launch(
 def print_summary(record: Record) -> None:
     facts = json.loads(record.path("facts.json").read_text())
     d = facts["domain"]
-    c = log.console
+    c = log.out
     c.print(f"[bold]{record.name}[/] is up on {facts['address']} ({record.data.get('accel')})")
     c.print(f"  web client   https://element.{d}/  (also riot.{d})")
     c.print(f"  homeserver   https://matrix.{d}/   federation matrix.{d}:8448, server name {d}")
@@ -78,6 +78,6 @@ def print_list(s: Settings) -> None:
         status = targets.get(_with_target(s, r.target)).status(r)
         table.add_row(r.name, r.target, r.data.get("address", "-"), r.data.get("domain", "-"), status)
     if records:
-        log.console.print(table)
+        log.out.print(table)
     else:
-        log.console.print("no appliances")
+        log.out.print("no appliances")

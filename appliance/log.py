@@ -17,7 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False)  # progress and messages
+out = Console(highlight=False)  # results (tables, paths, URLs): stdout, so they can be piped
 logger = logging.getLogger("outband")
 
 _log_path: Path | None = None

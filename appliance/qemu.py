@@ -98,6 +98,7 @@ def netdev_arg(address: str, forwards: list[Forward]) -> str:
 
 def overlay(image: Path, path: Path) -> Path:
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.resolve(), path], what="qemu-img create")
+    path.chmod(0o600)  # the appliance's disk: as private as the rest of its state
     return path
 
 

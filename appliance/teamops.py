@@ -24,9 +24,9 @@ def user_add(s: Settings, appliance: str, user: str, admin: bool) -> None:
         created = api.register(matrix.shared_secret(record), user, password, admin=admin)
     # Printed once, to the terminal only: never logged, never stored.
     log.detail(f"created {created['user_id']} (admin={admin})")
-    log.console.print(f"created [bold]{created['user_id']}[/]{' (admin)' if admin else ''}")
+    log.out.print(f"created [bold]{created['user_id']}[/]{' (admin)' if admin else ''}")
     print(f"password: {password}")
-    log.console.print("[dim]shown once: hand it over out of band; it is not stored anywhere[/]")
+    log.out.print("[dim]shown once: hand it over out of band; it is not stored anywhere[/]")
 
 
 def user_list(s: Settings, appliance: str) -> None:
@@ -39,7 +39,7 @@ def user_list(s: Settings, appliance: str) -> None:
             "%Y-%m-%d %H:%M", time.gmtime(u.get("creation_ts", 0) / (1000 if u.get("creation_ts", 0) > 1e11 else 1))
         )
         table.add_row(u["name"], "yes" if u.get("admin") else "", "yes" if u.get("deactivated") else "", created)
-    log.console.print(table)
+    log.out.print(table)
 
 
 def user_deactivate(s: Settings, appliance: str, user: str, erase: bool) -> None:
@@ -47,7 +47,7 @@ def user_deactivate(s: Settings, appliance: str, user: str, erase: bool) -> None
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
         api.deactivate(matrix.validate_localpart(user), erase)
-    log.console.print(f"deactivated {api.user_id(user)}{' and erased its data' if erase else ''}")
+    log.out.print(f"deactivated {api.user_id(user)}{' and erased its data' if erase else ''}")
 
 
 def user_reset_password(s: Settings, appliance: str, user: str) -> None:
@@ -56,7 +56,7 @@ def user_reset_password(s: Settings, appliance: str, user: str) -> None:
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
         api.reset_password(matrix.validate_localpart(user), password)
-    log.console.print(f"new password for {api.user_id(user)} (its devices were logged out):")
+    log.out.print(f"new password for {api.user_id(user)} (its devices were logged out):")
     print(f"password: {password}")
 
 
@@ -65,7 +65,7 @@ def control_room(s: Settings, appliance: str, members: list[str]) -> None:
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
         room_id, invited = matrix.ensure_control_room(base, api, members)
-    log.console.print(
+    log.out.print(
         f"#control:{record.data['domain']} is {room_id}; invited: {', '.join(invited) if invited else 'nobody new'}"
     )
 
@@ -82,7 +82,7 @@ def audit(s: Settings, appliance: str, follow: bool, interval: float = 5.0) -> N
                 table = Table("last seen (UTC)", "user", "device", "address", "client", "deactivated")
                 for r in new:
                     table.add_row(r["last_seen"], r["user"], r["device"], r["ip"], r["user_agent"], r["deactivated"])
-                log.console.print(table)
+                log.out.print(table)
             seen.update((r["user"], r["device"], r["ip"], r["last_seen"]) for r in new)
             if not follow:
                 return
@@ -105,8 +105,8 @@ def turn_check(s: Settings, appliance: str) -> None:
     table = Table("peer", "expected", "coturn said")
     for r in results:
         table.add_row(r.peer, r.expected, r.outcome if r.ok else f"[red]{r.outcome}[/]")
-    log.console.print(f"allocation: relayed address {relayed}")
-    log.console.print(table)
+    log.out.print(f"allocation: relayed address {relayed}")
+    log.out.print(table)
     if not all(r.ok for r in results):
         die(
             "TURN relaying policy is wrong",

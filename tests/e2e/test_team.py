@@ -60,6 +60,13 @@ def client(facts: dict, user: str, store: Path) -> AsyncClient:
     return c
 
 
+def knows(c: AsyncClient, other: AsyncClient, room_id: str) -> bool:
+    """c sees other joined in the room and knows other's current device."""
+    room = c.rooms.get(room_id)
+    devices = {d.id for d in c.device_store.active_user_devices(other.user_id)}
+    return room is not None and other.user_id in room.users and other.device_id in devices
+
+
 def add_user(name: str, *extra: str) -> str:
     result = invoke("user.add", name, "--name", APPLIANCE, *extra)
     return re.search(r"^password: (\S+)$", result.stdout, re.MULTILINE).group(1)
@@ -106,11 +113,16 @@ async def _exchange(facts: dict, passwords: dict, tmp: Path) -> dict:
         room_id = (await alice.room_resolve_alias(f"#control:{facts['domain']}")).room_id
         for c in (alice, bob):
             await c.join(room_id)
-        for _ in range(3):  # membership and device keys propagate through syncs
+        # Send only once each side knows the other's membership and device keys: megolm room keys
+        # are shared with the devices known at send time.
+        for _ in range(30):
             for c in (alice, bob):
-                await c.sync(timeout=2000)
+                await c.sync(timeout=1000)
                 if c.should_query_keys:
                     await c.keys_query()
+            if all(knows(c, other, room_id) for c, other in ((alice, bob), (bob, alice))):
+                break
+        assert knows(alice, bob, room_id) and knows(bob, alice, room_id)
         assert alice.rooms[room_id].encrypted and bob.rooms[room_id].encrypted
 
         await alice.room_send(
