@@ -42,4 +42,4 @@ def verify(s: Settings, name: str) -> None:
             hint=f"report: {report}",
             status=ExitStatus.VERIFY_FAILED,
         )
-    log.console.print(f"[green]verified[/] {name} (report: {report})")
+    log.out.print(f"[green]verified[/] {name} (report: {report})")
