@@ -45,6 +45,7 @@ class PinnedResolver(AbstractResolver):
 
 
 def client(facts: dict, user: str, store: Path) -> AsyncClient:
+    store.mkdir(parents=True, exist_ok=True)  # nio's crypto store (vodozemac sessions) lives here
     ctx = ssl.create_default_context(cafile=facts["acme_root"])
     c = AsyncClient(
         f"https://matrix.{facts['domain']}",
@@ -104,8 +105,6 @@ def test_control_room_is_idempotent(team):
 async def _exchange(facts: dict, passwords: dict, tmp: Path) -> dict:
     alice = client(facts, "alice", tmp / "alice")
     bob = client(facts, "bob", tmp / "bob")
-    (tmp / "alice").mkdir()
-    (tmp / "bob").mkdir()
     try:
         for c, name in ((alice, "alice"), (bob, "bob")):
             assert isinstance(await c.login(passwords[name], device_name=f"e2e-{name}"), LoginResponse)
