@@ -230,6 +230,9 @@ class LocalTarget:
         if record.data.get("dns_registered"):
             pebble.remove_names(record.data.get("names", []))
         self.store.remove(record)
+        # The local ACME CA serves every local appliance; it goes with the last one that used it.
+        if not any(r.target == "local" and r.data.get("dns_registered") for r in self.store.all()):
+            pebble.stop(self.s.dirs.state)
 
     def status(self, record: Record) -> str:
         pid = record.data.get("pid")
