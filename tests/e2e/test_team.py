@@ -108,6 +108,8 @@ async def _exchange(facts: dict, passwords: dict, tmp: Path) -> dict:
     try:
         for c, name in ((alice, "alice"), (bob, "bob")):
             assert isinstance(await c.login(passwords[name], device_name=f"e2e-{name}"), LoginResponse)
+            if c.should_upload_keys:  # publish this device's identity and one-time keys
+                await c.keys_upload()
             await c.sync(timeout=3000)
         room_id = (await alice.room_resolve_alias(f"#control:{facts['domain']}")).room_id
         for c in (alice, bob):
