@@ -63,7 +63,7 @@ def test_a_pem_private_key_fails_the_gate(tree):
 
 def test_the_marker_string_alone_is_not_a_key(tree):
     (tree / "usr/bin").mkdir(parents=True)
-    marker = b"-----BEGIN OPENSSH " + b"PRIVATE KEY-----"  # the marker alone, no key body
+    marker = b"-----BEGIN " + b"OPENSSH PRIVATE KEY-----"  # the marker alone, no key body
     (tree / "usr/bin/ssh-keygen").write_bytes(b"\x7fELF..." + marker + b"\x00more")
     assert gate.findings(tree, []) == []
 
