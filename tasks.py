@@ -31,7 +31,10 @@ def bake(
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
     with command("bake", c, target=target, webclient=webclient) as s:
         image = bake_mod.bake(s, use_layers=not no_layer_cache, via=via)
-        log.out.print(f"image: {image.path} ({image.size / 2**20:.0f} MiB)")
+        if s.target == "digitalocean":
+            log.out.print(f"snapshot: {image.name} (in DigitalOcean; manifest {image.manifest})")
+        else:
+            log.out.print(f"image: {image.path} ({image.size / 2**20:.0f} MiB)")
         log.out.print(f"sbom:  {image.sbom}")
         log.out.print(f"log:   {log.log_path()}")
 
