@@ -132,6 +132,22 @@ def write_markdown(
         unit = "MB" if key.endswith("_mb") else "s"
         met = "" if limit is None else ("yes" if median <= limit else "**no**")
         lines.append(f"| {label} | {median:.0f} {unit} | {len(values)} | {target_text} | {met} |")
-    lines += ["", "Raw values:", "", "```json", json.dumps(results, indent=2), "```", ""]
+    lines += [
+        "",
+        "How each is measured: the cold bake uses an empty artifact cache (base tree, layers, apt debs,",
+        "wheels, npm and the web client are all fetched and built again; the Debian, PyPI and npm",
+        "registries are reachable). The warm re-bake appends a line to the staged `50-harden.sh`, so the",
+        "layer cache restarts after `40-appliance.sh`. launch → verified runs `invoke launch` (fresh",
+        "secrets, pebble, boot, first boot with ACME and Synapse's first start) and then `invoke verify`.",
+        "Idle RSS sums the resident memory of the service users' processes after a minute idle",
+        "(PostgreSQL's shared buffers count once per backend, so this overstates the real use).",
+        "",
+        "Raw values:",
+        "",
+        "```json",
+        json.dumps(results, indent=2),
+        "```",
+        "",
+    ]
     path.write_text("\n".join(lines))
     return path
