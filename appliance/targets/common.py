@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance import secrets, ssh
+from appliance import log, secrets, ssh
+from appliance.errors import OutbandError
 from appliance.state import Record, write_private
 
 
@@ -65,3 +68,24 @@ def write_facts(record: Record, target: str, address: str, ssh_port: int, identi
         "secrets_file": str(record.path("secrets.json")),
     }
     return write_private(record.path("facts.json"), json.dumps(facts, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def undo_on_failure(record: Record, destroy: Callable[[Record], None], keep: bool = False) -> Iterator[None]:
+    """A launch that fails (or is interrupted) removes what it made — exactly what the record names.
+
+    `keep` (debugging) leaves a failed appliance for inspection, but never an interrupted one. The
+    error names the step the record was at; unexpected exceptions become one OutbandError.
+    """
+    try:
+        yield
+    except BaseException as e:
+        if keep and not isinstance(e, KeyboardInterrupt):
+            log.warn(f"kept the failed appliance for inspection: `invoke destroy {record.name}` removes it")
+        else:
+            with log.step("Remove what the failed launch created"):
+                destroy(record)
+        if isinstance(e, KeyboardInterrupt | OutbandError):
+            raise
+        step = record.data.get("step")
+        raise OutbandError(f"launch failed{f' at {step!r}' if step else ''}: {e}", hint=f"see {log.log_path()}") from e

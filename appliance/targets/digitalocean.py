@@ -143,19 +143,8 @@ class DigitalOceanTarget:
         self.check(spec)
         snapshot = self.resolve_snapshot(str(spec.image) if spec.image else None)
         record = self.store.create(spec.name, "digitalocean")
-        try:
+        with common.undo_on_failure(record, self.destroy, keep=keep_on_failure):
             self._launch(record, spec, snapshot)
-        except BaseException as e:
-            if keep_on_failure and not isinstance(e, KeyboardInterrupt):
-                log.warn(f"kept the failed appliance for inspection: `invoke destroy {spec.name}` removes it")
-            else:
-                with log.step("Remove what the failed launch created"):
-                    self.destroy(record)
-            if isinstance(e, KeyboardInterrupt | OutbandError):
-                raise
-            raise OutbandError(
-                f"launch failed at '{record.data.get('step')}': {e}", hint=f"see {log.log_path()}"
-            ) from e
         return record
 
     @contextlib.contextmanager

@@ -17,7 +17,7 @@ import time
 from appliance import https, log, pebble, qemu, ssh, userdata
 from appliance.bake import kernel_for
 from appliance.config import Settings
-from appliance.errors import ExitStatus, OutbandError, die
+from appliance.errors import ExitStatus, die
 from appliance.state import Record, Store, shred, write_private
 from appliance.targets import LaunchSpec, common
 from appliance.targets.common import names
@@ -83,17 +83,8 @@ class LocalTarget:
         self.check_ports(address)
         accel = qemu.choose_accel(self.s.vm.accel, kernel_for(spec.image), self.s.dirs.cache)
         record = self.store.create(spec.name, "local")
-        try:
+        with common.undo_on_failure(record, self.destroy, keep=keep_on_failure):
             self._launch(record, spec, address, accel)
-        except BaseException as e:
-            if keep_on_failure and not isinstance(e, KeyboardInterrupt):
-                log.warn(f"kept the failed appliance for inspection: `invoke destroy {spec.name}` removes it")
-            else:
-                with log.step("Clean up the failed launch"):
-                    self.destroy(record)
-            if isinstance(e, KeyboardInterrupt | OutbandError):
-                raise
-            raise OutbandError(f"launch failed: {e}", hint=f"see {log.log_path()}") from e
         return record
 
     def _launch(self, record: Record, spec: LaunchSpec, address: str, accel: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,24 @@ def launched(baked, settings, store):
     finally:
         for name in NAMES:
             invoke("destroy", "--name", name, "--yes", check=False)
+
+
+@contextlib.contextmanager
+def bare_appliance(settings, name: str, image: Path) -> Iterator[tuple]:
+    """The image exactly as baked, booted with SSH access only (no launch contract); destroyed after."""
+    import testinfra
+
+    from appliance.targets import LaunchSpec
+    from appliance.targets.local import LocalTarget
+
+    target = LocalTarget(settings)
+    existing = target.store.get(name)
+    if existing:
+        target.destroy(existing)
+    record = target.launch(
+        LaunchSpec(name=name, domain=f"{name}.outband.test", image=image, contact_email="ops@example.org", bare=True)
+    )
+    try:
+        yield testinfra.get_host(f"ssh://outband-{name}", ssh_config=str(record.path("ssh_config"))), record
+    finally:
+        target.destroy(record)

@@ -6,11 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import testinfra
 
-from appliance import targets
-from appliance.targets.local import LocalTarget
-from tests.e2e.conftest import WEBCLIENT, invoke
+from tests.e2e.conftest import WEBCLIENT, bare_appliance, invoke
 
 pytestmark = pytest.mark.vm
 
@@ -56,22 +53,8 @@ def test_two_bakes_from_the_same_inputs_give_the_same_packages_and_wheels(baked,
 
 @pytest.fixture(scope="module")
 def bare(baked, settings):
-    """The image exactly as baked, booted with SSH access only (no launch contract)."""
-    target = LocalTarget(settings)
-    spec = targets.LaunchSpec(
-        name="e2e-bare",
-        domain="e2e-bare.outband.test",
-        image=baked["image"],
-        contact_email="ops@example.org",
-        bare=True,
-    )
-    existing = target.store.get("e2e-bare")
-    if existing:
-        target.destroy(existing)
-    record = target.launch(spec)
-    host = testinfra.get_host(f"ssh://outband-{record.name}", ssh_config=str(record.path("ssh_config")))
-    yield host, record
-    target.destroy(record)
+    with bare_appliance(settings, "e2e-bare", baked["image"]) as booted:
+        yield booted
 
 
 def test_image_holds_the_appliance_packages_and_users(bare):
@@ -145,21 +128,9 @@ def test_two_boots_of_the_image_never_share_identity(bare, baked, settings):
     """machine-id and SSH host key come from each boot/launch, never from the image."""
     host, _ = bare
     first_id = host.file("/etc/machine-id").content_string.strip()
-    target = LocalTarget(settings)
-    spec = targets.LaunchSpec(
-        name="e2e-bare2",
-        domain="e2e-bare2.outband.test",
-        image=baked["image"],
-        contact_email="ops@example.org",
-        bare=True,
-    )
-    record = target.launch(spec)
-    try:
-        other = testinfra.get_host(f"ssh://outband-{record.name}", ssh_config=str(record.path("ssh_config")))
+    with bare_appliance(settings, "e2e-bare2", baked["image"]) as (other, _):
         assert other.file("/etc/machine-id").content_string.strip() != first_id
         assert (
             other.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string
             != host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string
         )
-    finally:
-        target.destroy(record)

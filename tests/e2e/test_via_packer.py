@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import testinfra
 
-from appliance import targets
-from appliance.targets.local import LocalTarget
-from tests.e2e.conftest import WEBCLIENT, invoke
+from tests.e2e.conftest import WEBCLIENT, bare_appliance, invoke
 
 pytestmark = pytest.mark.vm
 
@@ -34,20 +31,7 @@ def test_packer_bake_records_the_same_recipe(packer_image, baked):
 
 
 def test_the_packer_image_boots_sealed(packer_image, settings):
-    target = LocalTarget(settings)
-    spec = targets.LaunchSpec(
-        name="e2e-packer",
-        domain="e2e-packer.outband.test",
-        image=packer_image["image"],
-        contact_email="ops@example.org",
-        bare=True,
-    )
-    existing = target.store.get("e2e-packer")
-    if existing:
-        target.destroy(existing)
-    record = target.launch(spec)
-    try:
-        host = testinfra.get_host(f"ssh://outband-{record.name}", ssh_config=str(record.path("ssh_config")))
+    with bare_appliance(settings, "e2e-packer", packer_image["image"]) as (host, record):
         with host.sudo():
             assert host.check_output("ls /etc/ssh/ | grep '^ssh_host_' | sort").split() == [
                 "ssh_host_ed25519_key",
@@ -61,5 +45,3 @@ def test_the_packer_image_boots_sealed(packer_image, settings):
         assert host.run("/opt/synapse/bin/python -c 'import synapse, psycopg2'").rc == 0
         assert host.service("outband-firstboot").is_enabled
         assert host.check_output("systemctl --failed --no-legend --plain") == ""
-    finally:
-        target.destroy(record)
