@@ -7,6 +7,7 @@ appliance's address with SNI and certificate checks for the name (urllib3 server
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +63,6 @@ def request(
 
 def peer_certificate(address: str, port: int, name: str, ca_file: str) -> dict[str, Any]:
     """The verified peer certificate (as ssl's dict) and the negotiated TLS version."""
-    import socket
-
     ctx = ssl.create_default_context(cafile=ca_file)
     with (
         socket.create_connection((address, port), timeout=10) as sock,

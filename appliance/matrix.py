@@ -259,7 +259,7 @@ async def _ensure_control_room(base: str, admin: Admin, user_ids: list[str]) -> 
         RoomVisibility,
     )
 
-    me = json_user_id(admin)
+    me = admin.user_id(SERVICE_ACCOUNT)
     client = AsyncClient(base, me, config=AsyncClientConfig(encryption_enabled=False))
     client.access_token, client.user_id = admin.token, me
     try:
@@ -306,10 +306,6 @@ async def _ensure_control_room(base: str, admin: Admin, user_ids: list[str]) -> 
         return room_id, invited
     finally:
         await client.close()
-
-
-def json_user_id(admin: Admin) -> str:
-    return admin.user_id(SERVICE_ACCOUNT)
 
 
 def ensure_control_room(base: str, admin: Admin, members: list[str]) -> tuple[str, list[str]]:

@@ -26,7 +26,7 @@ class SshKeyPair:
 
 @dataclass(frozen=True)
 class LaunchSecrets:
-    signing_key: str  # Synapse's file format: "ed25519 a_XXXX <unpadded base64 seed>"
+    signing_key: str  # Synapse's file format: "ed25519 a_<4 letters/digits> <unpadded base64 seed>"
     macaroon: str
     form: str
     registration_shared: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -88,8 +90,5 @@ def close_master(record: Record) -> None:
 
 def fingerprint(public_key: str) -> str:
     """OpenSSH's SHA256 fingerprint of a public key line."""
-    import base64
-    import hashlib
-
     blob = base64.b64decode(public_key.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

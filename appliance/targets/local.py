@@ -93,7 +93,6 @@ class LocalTarget:
             domain=spec.domain,
             image=str(spec.image),
             accel=accel,
-            ssh_port=SSH_PORT,
             names=names(spec.domain),
         )
         with log.step("Generate per-launch secrets and keys"):
