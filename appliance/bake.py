@@ -219,6 +219,9 @@ def bake_with_packer(s: Settings) -> Image:
             variables = {
                 "stage_dir": str(stage_dir),
                 "facts_out": str(tmp / "facts.tsv"),
+                # The provisioned VM's own kernel (10-packages may have upgraded it): the local
+                # target boots it directly, with this image's modules.
+                "kernel_out": str(tmp / "vmlinuz"),
                 "base_disk": str(disk_path),
                 "http_dir": str(http),
                 "ssh_private_key_file": str(tmp / "build_ed25519"),
@@ -239,7 +242,6 @@ def bake_with_packer(s: Settings) -> Image:
                 wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
                 bom = sbom.cyclonedx(name, recipe_hash, debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
                 disk.to_qcow2(tmp / "out/outband.qcow2", tmp / "image.qcow2")
-                shutil.copyfile(kernel, tmp / "vmlinuz")
             return publish(s, name, recipe_hash, base_key, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz")
 
 

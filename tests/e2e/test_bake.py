@@ -81,6 +81,30 @@ def test_image_units_enabled_but_waiting_for_a_launch_contract(bare):
     assert host.check_output("systemctl --failed --no-legend --plain") == ""
 
 
+def test_image_holds_synapses_schema_empty_and_without_a_password(bare):
+    host, _ = bare
+    sql = (
+        "SELECT (SELECT max(version) FROM schema_version), (SELECT count(*) FROM users), "
+        "(SELECT count(*) FROM server_keys_json), "
+        "(SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'synapse')"
+    )
+    with host.sudo("postgres"):
+        version, users, keys, no_password = host.check_output(f'psql -At -F " " synapse -c "{sql}"').split()
+    assert int(version) > 0
+    assert (users, keys, no_password) == ("0", "0", "t")
+
+
+def test_launcher_boots_the_kernel_directly_with_a_lean_unit_chain(bare):
+    host, _ = bare
+    cmdline = host.file("/proc/cmdline").content_string.split()
+    assert "root=/dev/nvme0n1p1" in cmdline and "ds=nocloud" in cmdline
+    assert not host.mount_point("/sys/kernel/debug").exists
+    assert not host.mount_point("/sys/kernel/tracing").exists
+    # Caches were built at bake time: nothing rebuilds them at first boot.
+    for unit in ("ldconfig", "systemd-hwdb-update", "systemd-journal-catalog-update"):
+        assert host.service(unit).systemd_properties["ConditionResult"] == "no", unit
+
+
 def test_image_firewall_is_default_drop_with_only_the_designed_ports(bare):
     host, _ = bare
     with host.sudo():

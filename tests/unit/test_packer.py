@@ -71,6 +71,7 @@ def test_packer_validates_the_qemu_source(tmp_path):
         {
             "stage_dir": str(tmp_path),
             "facts_out": str(tmp_path / "f"),
+            "kernel_out": str(tmp_path / "k"),
             "base_disk": str(disk),
             "http_dir": str(tmp_path),
             "ssh_private_key_file": str(key),

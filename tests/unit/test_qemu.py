@@ -6,7 +6,7 @@ from appliance import qemu
 from appliance.targets import local
 
 
-def spec(tmp_path: Path, seed: bool = True) -> qemu.VmSpec:
+def spec(tmp_path: Path, seed: bool = True, kernel: bool = False) -> qemu.VmSpec:
     return qemu.VmSpec(
         name="alpha",
         disk=tmp_path / "disk.qcow2",
@@ -19,6 +19,7 @@ def spec(tmp_path: Path, seed: bool = True) -> qemu.VmSpec:
         qmp=tmp_path / "qmp.sock",
         serial_log=tmp_path / "serial.log",
         pidfile=tmp_path / "pid",
+        kernel=tmp_path / "image.vmlinuz" if kernel else None,
     )
 
 
@@ -58,3 +59,23 @@ def test_accel_probe_answer_is_kept_per_host_boot(tmp_path, monkeypatch):
 
 def test_kvm_is_not_claimed_without_a_kernel_to_prove_it():
     assert qemu.kvm_works(None) is False
+
+
+def test_direct_boot_puts_the_root_on_nvme_and_waits_for_the_seed(tmp_path):
+    args = qemu.argv(spec(tmp_path, kernel=True))
+    assert args[args.index("-kernel") + 1] == str(tmp_path / "image.vmlinuz")
+    assert "nvme,drive=root,serial=outband-root" in args
+    assert "-initrd" not in args  # the cloud kernel mounts its root itself
+    cmdline = args[args.index("-append") + 1].split()
+    assert "root=/dev/nvme0n1p1" in cmdline
+    assert "ds=nocloud" in cmdline
+    assert r"systemd.wants=dev-disk-by\x2dlabel-cidata.device" in cmdline
+    # Without a seed (cloud-init retired) nothing may wait for one.
+    args = qemu.argv(spec(tmp_path, seed=False, kernel=True))
+    assert "ds=nocloud" not in args[args.index("-append") + 1]
+
+
+def test_without_an_exported_kernel_the_image_boots_through_grub_on_virtio(tmp_path):
+    args = qemu.argv(spec(tmp_path))
+    assert "-kernel" not in args
+    assert any(a.endswith(",if=virtio") for a in args)
