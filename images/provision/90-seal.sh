@@ -25,6 +25,12 @@ ln -sf ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
 # Logs and temporary files.
 find /var/log -type f -exec truncate -s 0 {} +
 rm -rf /var/log/journal/* /root/.cache /var/tmp/* /var/cache/debconf/*-old /var/lib/dpkg/*-old
+# Caches systemd would rebuild at every first boot (units with ConditionNeedsUpdate=): build them
+# now, then mark /etc and /var as up to date with /usr. A later package upgrade re-arms them.
+ldconfig
+systemd-hwdb update
+journalctl --update-catalog
+/usr/lib/systemd/systemd-update-done
 # The gate reads the build's extra CAs to prove they are gone; keep it in memory, drop the stage.
 gate=$(cat "$OUTBAND_STAGE/seal-gate.py")
 stage="$OUTBAND_STAGE"
