@@ -13,6 +13,8 @@ import secrets as pysecrets
 import socket
 import subprocess
 import time
+from pathlib import Path
+from typing import NoReturn
 
 from appliance import https, log, pebble, qemu, ssh, userdata
 from appliance.bake import kernel_for
@@ -25,6 +27,24 @@ from appliance.targets.common import names
 SSH_PORT = 2222
 RELAY_PORTS = range(49152, 49172)
 BOOT_TIMEOUT = 20 * 60  # under TCG a first boot takes minutes; a stuck one is reported, not waited on forever
+SLOW_CHECK_SECONDS = 20  # SSH checks on a first boot that has not reported on the console yet
+# What first boot (images/files/usr/local/lib/outband/firstboot.py) writes to the serial console.
+FIRSTBOOT_DONE = "outband-firstboot: appliance configured"
+FIRSTBOOT_FAILED = "outband-firstboot: first boot failed:"
+
+
+def firstboot_outcome(serial_log: Path) -> str | None:
+    """ "ok", why first boot failed, or None while it has not finished (or the log is not there yet)."""
+    try:
+        text = serial_log.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if FIRSTBOOT_FAILED in line:
+            return line.split(FIRSTBOOT_FAILED, 1)[1].strip()
+        if FIRSTBOOT_DONE in line:
+            return "ok"
+    return None
 
 
 def forwards() -> list[qemu.Forward]:
@@ -148,67 +168,107 @@ class LocalTarget:
             qmp=record.path("qmp.sock"),
             serial_log=record.path("serial.log"),
             pidfile=record.path("qemu.pid"),
+            kernel=self.kernel(Path(record.data["image"])),
         )
 
+    @staticmethod
+    def kernel(image: Path) -> Path | None:
+        """The image's exported kernel for a direct boot; an image without one boots through GRUB."""
+        kernel = kernel_for(image)
+        if kernel.is_file():
+            return kernel
+        log.warn(f"no kernel exported next to {image}: booting through firmware and GRUB (slower)")
+        return None
+
     def wait_healthy(self, record: Record, pid: int, ssh_only: bool = False) -> None:
-        """SSH with the pinned key, then Synapse through nginx with a certificate from the ACME CA."""
+        """SSH with the pinned key, then first boot's outcome, then Synapse through nginx with a
+        certificate from the ACME CA.
+
+        First boot writes its outcome to the serial console, which qemu logs on this side: reading
+        it costs the emulated guest nothing, unlike SSH polls (each one a session, a shell and a
+        systemctl on a CPU that is busy booting). SSH proves the pinned host key once and, rarely,
+        checks on a first boot that has said nothing (it did not run, or it hangs).
+        """
         address, domain = record.data["address"], record.data["domain"]
         deadline = time.monotonic() + BOOT_TIMEOUT
-        ssh_ok = False
+        ssh_ok, outcome, last_check = False, None, time.monotonic()
         while time.monotonic() < deadline:
             if not qemu.alive(pid):
                 die("the VM stopped during boot", hint=f"see {record.path('serial.log')} and {record.path('qemu.log')}")
             if not ssh_ok:
-                try:
-                    probe = ssh.command(record, "true", timeout=20)
-                except subprocess.TimeoutExpired:
-                    continue
-                ssh_ok = probe.returncode == 0
-                if ssh_ok:
-                    log.detail("SSH answers with the pinned host key")
-                    if ssh_only:
-                        return
-                elif any(fatal in probe.stderr for fatal in ssh.FATAL_ERRORS):
-                    # Not a VM still booting: waiting would not help (and a changed host key is an alarm).
-                    die(
-                        f"ssh to the appliance failed: {probe.stderr.strip().splitlines()[-1]}",
-                        hint=f"see {record.path('ssh_config')}",
-                    )
-            else:
-                failed = ssh.command(record, "systemctl is-failed --quiet outband-firstboot.service", timeout=20)
-                if failed.returncode == 0:
-                    journal = ssh.command(
-                        record, "sudo journalctl -u outband-firstboot.service -n 60 --no-pager -o cat"
-                    )
-                    lines = journal.stdout.strip().splitlines()
-                    log.detail("first-boot journal:\n" + "\n".join(lines))
-                    # systemd's own closing lines say that it failed, not why.
-                    causes = [
-                        x
-                        for x in lines
-                        if x.strip() and not x.startswith("outband-firstboot.service:") and "Failed to start" not in x
-                    ]
-                    last = causes[-1] if causes else "(no journal)"
-                    die(
-                        f"first boot failed on the appliance: {last}",
-                        hint=f"ssh -F {record.path('ssh_config')} {ssh.alias(record.name)} "
-                        "journalctl -u outband-firstboot",
-                    )
-                with contextlib.suppress(Exception):
-                    r = https.request(
-                        address,
-                        443,
-                        f"matrix.{domain}",
-                        "/_matrix/client/versions",
-                        str(record.path("acme-root.pem")),
-                        timeout=5,
-                    )
-                    if r.status == 200 and "versions" in r.json():
-                        return
-            time.sleep(2)
+                ssh_ok = self.probe_ssh(record)
+                if ssh_ok and ssh_only:
+                    return
+            if ssh_only:
+                time.sleep(2)
+                continue
+            outcome = outcome or firstboot_outcome(record.path("serial.log"))
+            if outcome is None and ssh_ok and time.monotonic() - last_check >= SLOW_CHECK_SECONDS:
+                last_check = time.monotonic()
+                outcome = self.check_firstboot(record)
+            if outcome is not None and outcome != "ok":
+                self.first_boot_failed(record, outcome)
+            if outcome == "ok" and ssh_ok and self.serves_matrix(address, domain, record):
+                return
+            time.sleep(1)
         die(
             f"the appliance was not healthy after {BOOT_TIMEOUT // 60} minutes", hint=f"see {record.path('serial.log')}"
         )
+
+    @staticmethod
+    def probe_ssh(record: Record) -> bool:
+        try:
+            probe = ssh.command(record, "true", timeout=20)
+        except subprocess.TimeoutExpired:
+            return False
+        if probe.returncode == 0:
+            log.detail("SSH answers with the pinned host key")
+            return True
+        if any(fatal in probe.stderr for fatal in ssh.FATAL_ERRORS):
+            # Not a VM still booting: waiting would not help (and a changed host key is an alarm).
+            die(
+                f"ssh to the appliance failed: {probe.stderr.strip().splitlines()[-1]}",
+                hint=f"see {record.path('ssh_config')}",
+            )
+        return False
+
+    @staticmethod
+    def check_firstboot(record: Record) -> str | None:
+        """First boot's state over SSH: None while it runs, "ok", or why it failed or never ran."""
+        show = ssh.command(
+            record, "systemctl show -p ActiveState -p ConditionResult outband-firstboot.service", timeout=20
+        )
+        state = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+        if state.get("ActiveState") == "failed":
+            return "the first-boot unit failed"
+        if state.get("ActiveState") == "active":
+            return "ok"
+        if state.get("ActiveState") == "inactive" and state.get("ConditionResult") == "no":
+            return "it did not run: no launch contract on the appliance (cloud-init did not apply the user-data)"
+        return None
+
+    @staticmethod
+    def first_boot_failed(record: Record, cause: str) -> NoReturn:
+        journal = ssh.command(record, "sudo journalctl -u outband-firstboot.service -n 60 --no-pager -o cat")
+        log.detail("first-boot journal:\n" + journal.stdout.strip())
+        die(
+            f"first boot failed on the appliance: {cause}",
+            hint=f"ssh -F {record.path('ssh_config')} {ssh.alias(record.name)} journalctl -u outband-firstboot",
+        )
+
+    @staticmethod
+    def serves_matrix(address: str, domain: str, record: Record) -> bool:
+        with contextlib.suppress(Exception):
+            r = https.request(
+                address,
+                443,
+                f"matrix.{domain}",
+                "/_matrix/client/versions",
+                str(record.path("acme-root.pem")),
+                timeout=5,
+            )
+            return r.status == 200 and "versions" in r.json()
+        return False
 
     # -- destroy / status ---------------------------------------------------------------------------
     def destroy(self, record: Record) -> None:

@@ -1,0 +1,54 @@
+"""First boot reports its outcome on the serial console; the launcher reads it from qemu's log."""
+
+from __future__ import annotations
+
+from appliance.targets import local
+from tests.conftest import load_script
+
+firstboot = load_script("images/files/usr/local/lib/outband/firstboot.py", "firstboot")
+
+# What the console shows around first boot's lines (systemd's status, a login prompt, escapes).
+NOISE = "\x1b[0;32m  OK  \x1b[0m] Started ssh.service\r\nDebian GNU/Linux 13 alpha ttyS0\r\n"
+
+
+def console(*lines: str) -> str:
+    return NOISE + "".join(f"[   61.2] firstboot.py[412]: {line}\r\n" for line in lines) + NOISE
+
+
+def test_both_sides_agree_on_the_lines():
+    assert f"outband-firstboot: {firstboot.DONE}" == local.FIRSTBOOT_DONE
+    assert f"outband-firstboot: {firstboot.FAILED}" == local.FIRSTBOOT_FAILED
+
+
+def test_no_log_yet_or_still_running_is_none(tmp_path):
+    log = tmp_path / "serial.log"
+    assert local.firstboot_outcome(log) is None
+    log.write_text(console("outband-firstboot: running certbot certonly"))
+    assert local.firstboot_outcome(log) is None
+
+
+def test_success(tmp_path):
+    log = tmp_path / "serial.log"
+    log.write_text(console("outband-firstboot: running nginx -t -q", f"outband-firstboot: {firstboot.DONE} for a.test"))
+    assert local.firstboot_outcome(log) == "ok"
+
+
+def test_failure_gives_its_cause(tmp_path):
+    log = tmp_path / "serial.log"
+    cause = "CalledProcessError: Command '['certbot', 'certonly']' returned non-zero exit status 1."
+    log.write_text(console(f"outband-firstboot: {firstboot.FAILED} {cause}"))
+    assert local.firstboot_outcome(log) == cause
+
+
+def test_a_failure_is_printed_and_raised(capsys, monkeypatch):
+    def broken() -> str:
+        raise SystemExit("launch contract lacks secrets.turn")
+
+    monkeypatch.setattr(firstboot, "configure", broken)
+    try:
+        firstboot.main()
+    except SystemExit as e:
+        assert str(e) == "launch contract lacks secrets.turn"
+    else:
+        raise AssertionError("main() must fail when configuring fails")
+    assert f"{firstboot.FAILED} SystemExit: launch contract lacks secrets.turn" in capsys.readouterr().out
