@@ -8,16 +8,18 @@ usermod -p '*' root
 for f in /etc/ssh/sshd_config.d/*.conf; do chmod 0644 "$f"; done
 # Boot units an appliance does not need. Each costs seconds under emulation; sshd-keygen would
 # also make RSA/ECDSA host keys nobody pins (the ed25519 key is injected per launch).
+# --no-reload: on a live build VM (Packer) each reload re-runs every generator, seconds apiece.
 for unit in sshd-keygen.service grub-common.service e2scrub_reap.service systemd-binfmt.service; do
-  systemctl mask "$unit" >/dev/null 2>&1 || true
+  systemctl mask --no-reload "$unit" >/dev/null 2>&1 || true
 done
 # Kernel debug and tracing file systems (also less to see for an intruder), FUSE, configfs, huge
 # pages, EFI pstore and DRM: nothing on the appliance uses them.
 for unit in sys-kernel-debug.mount sys-kernel-tracing.mount sys-fs-fuse-connections.mount \
   sys-kernel-config.mount dev-hugepages.mount systemd-pstore.service modprobe@drm.service \
   modprobe@efi_pstore.service modprobe@fuse.service modprobe@configfs.service; do
-  systemctl mask "$unit" >/dev/null 2>&1 || true
+  systemctl mask --no-reload "$unit" >/dev/null 2>&1 || true
 done
+systemctl daemon-reload >/dev/null 2>&1 || true  # a live build VM; nothing to reload in a chroot
 # Compilers must not be in an appliance (nothing here needs one at run time).
 for pkg in gcc cpp g++ make build-essential libc6-dev python3-dev; do
   if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
