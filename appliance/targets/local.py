@@ -249,8 +249,11 @@ class LocalTarget:
 
     @staticmethod
     def first_boot_failed(record: Record, cause: str) -> NoReturn:
-        journal = ssh.command(record, "sudo journalctl -u outband-firstboot.service -n 60 --no-pager -o cat")
-        log.detail("first-boot journal:\n" + journal.stdout.strip())
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the log gets the journal when SSH allows
+            journal = ssh.command(
+                record, "sudo journalctl -u outband-firstboot.service -n 60 --no-pager -o cat", timeout=30
+            )
+            log.detail("first-boot journal:\n" + journal.stdout.strip())
         die(
             f"first boot failed on the appliance: {cause}",
             hint=f"ssh -F {record.path('ssh_config')} {ssh.alias(record.name)} journalctl -u outband-firstboot",

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +111,34 @@ def test_ctrl_c_during_launch_removes_what_was_made(baked, settings, launched):
     assert proc.returncode == 130, err
     assert not state_dir(settings, "e2e-int").exists()
     assert not qemu.alive(int(pid))
+
+
+def test_a_failing_first_boot_is_reported_with_its_cause_and_cleaned_up(baked, settings, monkeypatch):
+    """Fault injected at the DNS: the names point at an address where no appliance listens, so the
+    real ACME validation fails on the appliance. The launcher must name the cause (read from the
+    serial console) and remove everything, VM included."""
+    from appliance import pebble
+    from appliance.errors import OutbandError
+    from appliance.targets import LaunchSpec
+    from appliance.targets.local import LocalTarget
+
+    real_add_names = pebble.add_names
+    monkeypatch.setattr(pebble, "add_names", lambda names, address: real_add_names(names, "127.0.100.254"))
+    target = LocalTarget(settings)
+    spec = LaunchSpec(
+        name="e2e-acme", domain="e2e-acme.outband.test", image=baked["image"], contact_email="ops@example.org"
+    )
+    with pytest.raises(OutbandError, match=r"first boot failed on the appliance: CalledProcessError: .*certbot"):
+        target.launch(spec)
+    assert not state_dir(settings, "e2e-acme").exists()
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if b"outband-e2e-acme" in read_or_empty(p)]
+
+
+def read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended while we looked
+        return b""
 
 
 def test_destroy_removes_everything_and_is_idempotent(launched, settings):
