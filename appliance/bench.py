@@ -23,6 +23,7 @@ TARGETS = {
     "image_mb": ("Compressed qcow2", 500, "≤ 500 MB"),
     "launch_verified_s": ("launch → verified", 60, "≤ 60 s"),
     "boot_healthy_s": ("VM start → Synapse healthy through nginx", None, ""),
+    "bare_ssh_s": ("Floor: the same image with no launch contract, VM start → SSH", None, ""),
     "verify_s": ("verify (tests/infra)", None, ""),
     "destroy_s": ("destroy", 5, "≤ 5 s"),
     "idle_rss_mb": ("Idle RSS: Synapse + PostgreSQL + coturn + nginx", 450, "≤ 450 MB"),
@@ -102,7 +103,24 @@ def run(s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60) -
         results["guest_used_mb"].append(used)
         seconds, _ = timed(target.destroy, record)
         results["destroy_s"].append(seconds)
+        if s.target == "local":
+            results["bare_ssh_s"].append(bare_boot_seconds(s, image.path))
     return results, accel
+
+
+def bare_boot_seconds(s: Settings, image: Path) -> float:
+    """The floor under launch → verified: kernel, systemd and cloud-init (SSH key only) with no
+    first boot, no certificate and no Synapse."""
+    from appliance.targets import LaunchSpec
+    from appliance.targets.local import LocalTarget
+
+    target = LocalTarget(s)
+    spec = LaunchSpec(
+        name="bench-bare", domain="bench-bare.outband.test", image=image, contact_email="ops@example.org", bare=True
+    )
+    seconds, record = timed(target.launch, spec)
+    target.destroy(record)
+    return seconds
 
 
 def write_markdown(
@@ -139,6 +157,7 @@ def write_markdown(
         "registries are reachable). The warm re-bake appends a line to the staged `50-harden.sh`, so the",
         "layer cache restarts after `40-appliance.sh`. launch → verified runs `invoke launch` (fresh",
         "secrets, pebble, boot, first boot with ACME and Synapse's first start) and then `invoke verify`.",
+        "The floor boots the same image with SSH-only user-data (no first boot) until SSH answers.",
         "Idle RSS sums the resident memory of the service users' processes after a minute idle",
         "(PostgreSQL's shared buffers count once per backend, so this overstates the real use).",
         "",
