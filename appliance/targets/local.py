@@ -236,14 +236,18 @@ class LocalTarget:
     def check_firstboot(record: Record) -> str | None:
         """First boot's state over SSH: None while it runs, "ok", or why it failed or never ran."""
         show = ssh.command(
-            record, "systemctl show -p ActiveState -p ConditionResult outband-firstboot.service", timeout=20
+            record,
+            "systemctl show -p ActiveState -p ConditionResult -p ConditionTimestampMonotonic outband-firstboot.service",
+            timeout=20,
         )
         state = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
         if state.get("ActiveState") == "failed":
             return "the first-boot unit failed"
         if state.get("ActiveState") == "active":
             return "ok"
-        if state.get("ActiveState") == "inactive" and state.get("ConditionResult") == "no":
+        # ConditionResult reads "no" until the conditions are checked: only a check that happened counts.
+        checked = state.get("ConditionTimestampMonotonic", "0") not in ("", "0")
+        if state.get("ActiveState") == "inactive" and checked and state.get("ConditionResult") == "no":
             return "it did not run: no launch contract on the appliance (cloud-init did not apply the user-data)"
         return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from appliance.targets import local
 from tests.conftest import load_script
 
@@ -52,3 +54,27 @@ def test_a_failure_is_printed_and_raised(capsys, monkeypatch):
     else:
         raise AssertionError("main() must fail when configuring fails")
     assert f"{firstboot.FAILED} SystemExit: launch contract lacks secrets.turn" in capsys.readouterr().out
+
+
+def systemctl_show(monkeypatch, text: str) -> None:
+    """What `systemctl show` answers over SSH (the guest's side is exercised by the e2e tests)."""
+    from appliance import ssh
+
+    monkeypatch.setattr(ssh, "command", lambda record, remote, timeout=60: subprocess.CompletedProcess([], 0, text, ""))
+
+
+def test_ssh_check_waits_while_the_unit_has_not_been_considered_yet(monkeypatch):
+    # Before its job runs, systemd reports ConditionResult=no with no timestamp: not a verdict.
+    systemctl_show(monkeypatch, "ActiveState=inactive\nConditionResult=no\nConditionTimestampMonotonic=0\n")
+    assert local.LocalTarget.check_firstboot(None) is None
+    systemctl_show(monkeypatch, "ActiveState=activating\nConditionResult=yes\nConditionTimestampMonotonic=3\n")
+    assert local.LocalTarget.check_firstboot(None) is None
+
+
+def test_ssh_check_reports_a_skipped_failed_or_finished_first_boot(monkeypatch):
+    systemctl_show(monkeypatch, "ActiveState=inactive\nConditionResult=no\nConditionTimestampMonotonic=35123456\n")
+    assert "no launch contract" in local.LocalTarget.check_firstboot(None)
+    systemctl_show(monkeypatch, "ActiveState=failed\nConditionResult=yes\nConditionTimestampMonotonic=35123456\n")
+    assert local.LocalTarget.check_firstboot(None) == "the first-boot unit failed"
+    systemctl_show(monkeypatch, "ActiveState=active\nConditionResult=yes\nConditionTimestampMonotonic=35123456\n")
+    assert local.LocalTarget.check_firstboot(None) == "ok"
