@@ -2,10 +2,11 @@
 """Outband first boot: apply the launch contract, once.
 
 cloud-init writes the contract (/etc/outband/launch.json, root 0600) from user-data; this unit
-then: writes each secret to its own file (owner and mode per consumer), renders the configs from
-the baked templates, creates the database role, starts nginx for ACME http-01, obtains the
-certificate, starts Synapse and coturn, and finally removes every copy of the user-data it can
-and retires cloud-init (an appliance is configured once; a reboot must not re-run it).
+then: starts nginx for ACME http-01, writes each secret to its own file (owner and mode per
+consumer), sets the database role's password (the schema is made at bake time), renders the
+configs from the baked templates, starts Synapse, obtains the certificate, starts coturn, and
+finally removes every copy of the user-data it can and retires cloud-init (an appliance is
+configured once; a reboot must not re-run it). Its outcome goes to the serial console too.
 No secret is ever printed or passed on a command line.
 """
 
