@@ -116,6 +116,10 @@ KERNEL_CMDLINE = [
     # A fresh overlay of a sealed, cleanly made file system: fsck costs seconds of emulated CPU and
     # finds nothing (ext4 still replays its journal after a crash).
     "fsck.mode=skip",
+    # Reboot at once on a panic instead of hanging until the launch times out. Seen here under
+    # multi-threaded TCG: an early-boot "Oops: int3" while the kernel patches its own code on one
+    # vCPU as the other runs it (an emulation race); the next boot goes through.
+    "panic=1",
 ]
 # cloud-init's generator runs before any disk is probed: name its datasource, and make its local
 # stage wait for the seed disk, whose AHCI driver is a module that udev loads later (the image

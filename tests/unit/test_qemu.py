@@ -69,6 +69,7 @@ def test_direct_boot_puts_the_root_on_nvme_and_waits_for_the_seed(tmp_path):
     cmdline = args[args.index("-append") + 1].split()
     assert "root=/dev/nvme0n1p1" in cmdline
     assert "ds=nocloud" in cmdline
+    assert "panic=1" in cmdline  # a panicking boot restarts (qemu resets) instead of hanging
     assert r"systemd.wants=dev-disk-by\x2dlabel-cidata.device" in cmdline
     # Without a seed (cloud-init retired) nothing may wait for one.
     args = qemu.argv(spec(tmp_path, seed=False, kernel=True))
