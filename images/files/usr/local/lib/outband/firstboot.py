@@ -232,7 +232,6 @@ def obtain_certificate(c: dict) -> None:
             if attempt == 3:
                 raise
             time.sleep(5 * attempt)
-    run("/etc/letsencrypt/renewal-hooks/deploy/outband")
 
 
 def remove_user_data() -> None:
@@ -291,7 +290,9 @@ def configure() -> str:
     obtain_certificate(c)
     render_site(c, env, tls=True)
     run("nginx", "-t", "-q")
-    run("systemctl", "reload", "nginx.service")
+    # The same hook as every renewal (certbot runs it only on renewals): coturn's copy of the
+    # certificate, and one nginx reload, now onto the TLS site.
+    run("/etc/letsencrypt/renewal-hooks/deploy/outband")
     MARKER.parent.mkdir(parents=True, exist_ok=True)
     MARKER.write_text(c["domain"] + "\n")
     # Returns once Synapse has told systemd it is ready (Type=notify) or failed.
