@@ -57,6 +57,7 @@ def test_modern_tls_is_served(get, domain, version, facts):
     assert r.status == 200
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")  # offered on purpose
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
 def test_old_tls_is_refused(facts, domain, version):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
