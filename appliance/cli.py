@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 from invoke import Context, Exit
 
 from appliance import config, log
-from appliance.errors import ExitStatus, OutbandError
+from appliance.errors import ExitStatus, OutbandError, Terminated
 
 
 def settings(c: Context, **overrides: Any) -> config.Settings:
     return config.load(c.config.outband, **overrides)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def command(name: str, c: Context, log_file: bool = True, **overrides: Any) -> Iterator[config.Settings]:
-    """Settings for the task, the run's log file; user errors and Ctrl-C → one line and an exit status."""
+    """Settings for the task, the run's log file; user errors, Ctrl-C and SIGTERM → one line and an
+    exit status (after the same clean-up as Ctrl-C)."""
+    # Only the main thread may set a handler (tests call tasks from others: they keep the default).
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
         s = settings(c, **overrides)
         if log_file:
@@ -32,6 +42,12 @@ def command(name: str, c: Context, log_file: bool = True, **overrides: Any) -> I
             message += f"\n  hint: {e.hint}"
         log.logger.error(message)
         raise Exit(message, code=int(e.status)) from None
+    except Terminated:
+        log.logger.error("terminated")
+        raise Exit("terminated", code=int(ExitStatus.TERMINATED)) from None
     except KeyboardInterrupt:
         log.logger.error("interrupted")
         raise Exit("interrupted", code=int(ExitStatus.INTERRUPTED)) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

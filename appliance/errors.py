@@ -12,7 +12,14 @@ class ExitStatus(IntEnum):
     USAGE = 2  # bad input: fix the command line or invoke.yaml
     MISSING_TOOL = 3  # a host tool is not installed
     VERIFY_FAILED = 4  # the appliance runs but a check failed
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    TERMINATED = 143  # SIGTERM (128 + SIGTERM): a cancelled CI job, `kill`
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that everything that cleans up after an
+    interruption (a launch removes what it made) does so for a cancelled job too. Python's default
+    for SIGTERM is to end at once, leaving a launch's VM running."""
 
 
 class OutbandError(Exception):

@@ -94,23 +94,42 @@ def test_a_taken_port_is_refused_and_leaves_nothing(baked, settings, store, laun
     assert not state_dir(settings, "e2e-port").exists()
 
 
-def test_ctrl_c_during_launch_removes_what_was_made(baked, settings, launched):
+def _default_sigint() -> None:
+    # A job started in the background without job control (`cmd &` in a script) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: give the launch Ctrl-C's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_launch_removes_what_was_made(baked, settings, launched, signum, status):
     proc = subprocess.Popen(
-        ["invoke", "launch", "--name", "e2e-int"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ["invoke", "launch", "--name", "e2e-int"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     record_file = state_dir(settings, "e2e-int") / "appliance.json"
-    deadline = time.monotonic() + 120
     pid = None
-    while time.monotonic() < deadline and pid is None:  # wait until the VM runs, then interrupt
-        if record_file.exists():
-            pid = json.loads(record_file.read_text())["data"].get("pid")
-        time.sleep(0.2)
-    assert pid, "the launch never started its VM"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert not state_dir(settings, "e2e-int").exists()
-    assert not qemu.alive(int(pid))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and pid is None:  # wait until the VM runs, then interrupt
+            if record_file.exists():
+                pid = json.loads(record_file.read_text())["data"].get("pid")
+            time.sleep(0.2)
+        assert pid, "the launch never started its VM"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == status, err
+        assert not state_dir(settings, "e2e-int").exists()
+        assert not qemu.alive(int(pid))
+    finally:  # a failed check must not leave its VM running for the rest of the run
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if state_dir(settings, "e2e-int").exists():
+            invoke("destroy", "--name", "e2e-int", "--yes")
 
 
 def test_a_failing_first_boot_is_reported_with_its_cause_and_cleaned_up(baked, settings, monkeypatch):

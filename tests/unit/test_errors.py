@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 
 import pytest
+from invoke import Config, Context, Exit
 
-from appliance import log, webclient
+from appliance import cli, log, webclient
 from appliance.cache import Cache
 from appliance.errors import ExitStatus, OutbandError
 from appliance.run import require, run
@@ -92,3 +95,22 @@ def test_cli_errors_are_one_line_with_a_hint_and_an_exit_status(tmp_path, args, 
 def test_destroying_an_unknown_appliance_is_fine(tmp_path):
     result = invoke_cli(tmp_path, "destroy", "--name", "ghost", "--yes")
     assert result.returncode == 0
+
+
+def test_sigterm_is_handled_like_ctrl_c_with_its_own_exit_status():
+    """A cancelled CI job sends SIGTERM: the task cleans up as after Ctrl-C (a launch removes what it
+    made: undo_on_failure treats every KeyboardInterrupt so), then exits 143."""
+    config = Config(project_location=str(REPO))
+    config.load_project()
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned_up = False
+    with pytest.raises(Exit) as exit_, cli.command("test", Context(config), log_file=False):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises first
+        except KeyboardInterrupt:
+            cleaned_up = True
+            raise
+    assert cleaned_up
+    assert exit_.value.code == ExitStatus.TERMINATED == 143
+    assert signal.getsignal(signal.SIGTERM) is before
