@@ -60,3 +60,15 @@ def test_every_denied_range_is_a_valid_range():
 def test_templates_dir_matches_the_image_path():
     assert Path("/usr/local/lib/outband/templates") == firstboot.TEMPLATES
     assert (REPO / "images/files/usr/local/lib/outband/templates").is_dir()
+
+
+def test_homeserver_yaml_is_written_last(monkeypatch):
+    """Its existence lets Synapse start (the unit's condition): everything it names exists first."""
+    written: list[str] = []
+    monkeypatch.setattr(firstboot, "write", lambda path, *args, **kwargs: written.append(Path(path).name))
+    monkeypatch.setattr(firstboot.Path, "chmod", lambda self, mode: None)
+    env = firstboot.template_env(firstboot.TEMPLATES_IN_REPO)
+    contract = {"domain": "a.test", "public_ip": "192.0.2.1", "secrets": dict.fromkeys(firstboot.SECRET_NAMES, "x")}
+    firstboot.render_configs(contract, env)
+    assert written[-1] == "homeserver.yaml"
+    assert "log.yaml" in written

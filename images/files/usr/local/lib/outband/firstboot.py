@@ -140,13 +140,6 @@ def write_secrets(c: dict) -> None:
 def render_configs(c: dict, env: jinja2.Environment) -> None:
     d = c["domain"]
     values = {"domain": d, "public_ip": c.get("public_ip", ""), "private_ip": c.get("private_ip", "")}
-    write(
-        Path("/etc/synapse/homeserver.yaml"),
-        env.get_template("homeserver.yaml.j2").render(values),
-        "root",
-        "synapse",
-        0o640,
-    )
     write(Path("/etc/synapse/log.yaml"), env.get_template("log.yaml.j2").render(values), "root", "synapse", 0o640)
     write(
         Path("/etc/turnserver.conf"),
@@ -166,6 +159,15 @@ def render_configs(c: dict, env: jinja2.Environment) -> None:
     )
     Path("/etc/outband/web").chmod(0o755)
     Path("/etc/outband").chmod(0o711)
+    # Last: its existence is what lets Synapse start (its unit's condition), and Synapse reads what
+    # it names (log.yaml, the secrets) at once.
+    write(
+        Path("/etc/synapse/homeserver.yaml"),
+        env.get_template("homeserver.yaml.j2").render(values),
+        "root",
+        "synapse",
+        0o640,
+    )
 
 
 def render_site(c: dict, env: jinja2.Environment, tls: bool) -> None:
