@@ -15,6 +15,7 @@ from pathlib import Path
 from appliance import bake, launch, log, ssh
 from appliance.config import REPO, Settings
 from appliance.state import Store
+from appliance.targets import LaunchSpec, Target
 from appliance.targets import get as get_target
 
 TARGETS = {
@@ -104,21 +105,14 @@ def run(s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60) -
         seconds, _ = timed(target.destroy, record)
         results["destroy_s"].append(seconds)
         if s.target == "local":
-            results["bare_ssh_s"].append(bare_boot_seconds(s, image.path))
+            results["bare_ssh_s"].append(bare_boot_seconds(target, image.path))
     return results, accel
 
 
-def bare_boot_seconds(s: Settings, image: Path) -> float:
+def bare_boot_seconds(target: Target, image: Path) -> float:
     """The floor under launch → verified: kernel, systemd and cloud-init (SSH key only) with no
     first boot, no certificate and no Synapse."""
-    from appliance.targets import LaunchSpec
-    from appliance.targets.local import LocalTarget
-
-    target = LocalTarget(s)
-    spec = LaunchSpec(
-        name="bench-bare", domain="bench-bare.outband.test", image=image, contact_email="ops@example.org", bare=True
-    )
-    seconds, record = timed(target.launch, spec)
+    seconds, record = timed(target.launch, LaunchSpec.ssh_only("bench-bare", image))
     target.destroy(record)
     return seconds
 

@@ -18,6 +18,11 @@ class LaunchSpec:
     contact_email: str
     bare: bool = False  # no launch contract: boot the image as baked, SSH only (image tests)
 
+    @classmethod
+    def ssh_only(cls, name: str, image: Path) -> LaunchSpec:
+        """The image as baked, booted with SSH access only (the image tests, the bench's floor)."""
+        return cls(name=name, domain=f"{name}.outband.test", image=image, contact_email="ops@example.org", bare=True)
+
 
 class Target(Protocol):
     def launch(self, spec: LaunchSpec, keep_on_failure: bool = False) -> Record: ...

@@ -92,9 +92,7 @@ def bare_appliance(settings, name: str, image: Path) -> Iterator[tuple]:
     existing = target.store.get(name)
     if existing:
         target.destroy(existing)
-    record = target.launch(
-        LaunchSpec(name=name, domain=f"{name}.outband.test", image=image, contact_email="ops@example.org", bare=True)
-    )
+    record = target.launch(LaunchSpec.ssh_only(name, image))
     try:
         yield testinfra.get_host(f"ssh://outband-{name}", ssh_config=str(record.path("ssh_config"))), record
     finally:
