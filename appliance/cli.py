@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import signal
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,9 +26,7 @@ def _terminate(signum: int, frame: object) -> None:
 def command(name: str, c: Context, log_file: bool = True, **overrides: Any) -> Iterator[config.Settings]:
     """Settings for the task, the run's log file; user errors, Ctrl-C and SIGTERM → one line and an
     exit status (after the same clean-up as Ctrl-C)."""
-    # Only the main thread may set a handler (tests call tasks from others: they keep the default).
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         s = settings(c, **overrides)
         if log_file:
@@ -49,5 +46,4 @@ def command(name: str, c: Context, log_file: bool = True, **overrides: Any) -> I
         log.logger.error("interrupted")
         raise Exit("interrupted", code=int(ExitStatus.INTERRUPTED)) from None
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
