@@ -44,6 +44,7 @@ boot
 # Without the prefix GRUB stops at a `grub>` prompt: it must find its config on the partition.
 EARLY_CFG = "search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root)/boot/grub\n"
 
+# The local target's direct boot does not read it: it passes these options as rootflags (qemu.py).
 FSTAB = "UUID={uuid} / ext4 defaults,discard,errors=remount-ro 0 1\n"
 
 
