@@ -5,8 +5,8 @@ root="$1"
 
 # Build-host SSH host keys end up in the tree; every appliance gets its own at launch.
 rm -f "$root"/etc/ssh/ssh_host_*
-# Uninitialized means systemd initializes it on first boot (and marks it a first boot).
-echo uninitialized > "$root/etc/machine-id"
+# Empty: systemd makes a new machine ID at every first start of the image (machine-id(5)).
+: > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed"
 
 # Networking: systemd-networkd (rendered by cloud-init), resolved for DNS.

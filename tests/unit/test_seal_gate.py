@@ -27,7 +27,7 @@ def tree(tmp_path: Path) -> Path:
         "opt/synapse/lib/python3.13/site-packages/synapse/util",
     ):
         (root / d).mkdir(parents=True)
-    (root / "etc/machine-id").write_text("uninitialized\n")
+    (root / "etc/machine-id").write_text("")  # as 90-seal.sh leaves it
     (root / "etc/shadow").write_text("root:*:20000:0:99999:7:::\nsynapse:!:20000::::::\n")
     (root / "etc/ssl/certs/ca-certificates.crt").write_text(trustme.CA().cert_pem.bytes().decode())
     (root / "etc/ssh/sshd_config").write_text("PasswordAuthentication no\n")
