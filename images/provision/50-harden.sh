@@ -19,6 +19,10 @@ for unit in sys-kernel-debug.mount sys-kernel-tracing.mount sys-fs-fuse-connecti
   modprobe@efi_pstore.service modprobe@fuse.service modprobe@configfs.service; do
   systemctl mask --no-reload "$unit" >/dev/null 2>&1 || true
 done
+# systemd-ssh-generator offers sshd on AF_VSOCK and a local AF_UNIX socket: not ways in this
+# appliance offers, and its VSOCK probe loads five modules (and fails) at every boot.
+mkdir -p /etc/systemd/system-generators
+ln -sf /dev/null /etc/systemd/system-generators/systemd-ssh-generator
 systemctl daemon-reload >/dev/null 2>&1 || true  # a live build VM; nothing to reload in a chroot
 # Compilers must not be in an appliance (nothing here needs one at run time).
 for pkg in gcc cpp g++ make build-essential libc6-dev python3-dev; do
