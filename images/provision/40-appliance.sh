@@ -5,6 +5,7 @@
 set -eu
 cp -r "$OUTBAND_STAGE/files/." /
 chmod 0755 /usr/local/lib/outband/firstboot.py /etc/letsencrypt/renewal-hooks/deploy/outband
+chmod 0644 /usr/local/lib/outband/synapse-start.py
 chmod 0644 /etc/systemd/system/*.service /etc/nftables.conf
 install -d -o root -g root -m 0700 /etc/outband
 # PostgreSQL listens on localhost only, so it need not wait for network.target, which this image

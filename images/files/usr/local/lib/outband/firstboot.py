@@ -285,8 +285,9 @@ def configure() -> str:
     # unit's condition), and the boot's own start job for it may run any moment after that.
     create_database(c)
     render_configs(c, env)
-    # Synapse's start is the longest step under emulation (its imports): it runs while the
-    # certificate is obtained; it needs no certificate, nginx and coturn do.
+    # Synapse's unit has been importing Synapse since early boot and starts it on this config
+    # (synapse-start.py); this start only joins that job, or makes one where the boot's did not
+    # run. The rest of its start runs while the certificate is obtained: it needs none.
     run("systemctl", "start", "--no-block", "synapse.service")
     run("systemctl", "start", "nginx.service")  # returns once the start queued above is done
     obtain_certificate(c)

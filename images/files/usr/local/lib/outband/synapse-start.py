@@ -1,0 +1,76 @@
+"""Start Synapse early: import it while the system boots, run it once first boot's config exists.
+
+Synapse's imports are the longest single step of a launch under emulation (~20 s of one vCPU) and
+need nothing from the launch contract. Its config does: first boot writes homeserver.yaml from
+the contract, after cloud-init. So the unit starts this as soon as cloud-init's local stage has
+written the contract (the early-boot storm of udev, journald and cloud-init's imports is over; an
+import started sooner only slows cloud-init, which every later step waits for): it imports
+Synapse on the vCPU cloud-init and first boot leave idle, waits for the config, then calls
+Synapse's own entry point (`python -m synapse.app.homeserver` runs the same `main()`). Nothing is
+read from the config, the secrets or the database before first boot has written them. Synapse
+has no such mode itself, hence this wrapper. Where the contract comes later (a datasource that
+applies user-data in cloud-init's network stage) the unit's condition skips this early start and
+first boot starts Synapse itself, as it would without this wrapper.
+
+Once the config exists this waits until PostgreSQL accepts connections (on a reboot it may still
+be starting): Synapse gives up at once on a database it cannot reach. Run by Synapse's venv
+python, as the synapse user.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+CONFIG = Path("/etc/synapse/homeserver.yaml")
+POLL_SECONDS = 0.2
+DATABASE_WAIT_SECONDS = 300
+ARGV = ["synapse", f"--config-path={CONFIG}"]
+
+
+def wait_for_config(config: Path = CONFIG) -> None:
+    """Until first boot has written the config (it writes it last, by rename). The unit's start
+    timeout bounds this: a first boot that fails never writes it."""
+    while not config.exists():
+        time.sleep(POLL_SECONDS)
+
+
+def database_address(config: dict) -> tuple[str, int]:
+    args = config["database"]["args"]
+    return args.get("host", "localhost"), int(args.get("port", 5432))
+
+
+def wait_for_database(address: tuple[str, int], seconds: float = DATABASE_WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(address, timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"synapse-start: no database at {address[0]}:{address[1]} after {seconds:.0f}s"
+                ) from None
+            time.sleep(POLL_SECONDS)
+
+
+def main() -> int:
+    import psycopg2  # noqa: F401 -- Synapse's database engine imports it lazily: import it now too
+    import synapse.app.homeserver
+    import yaml  # Synapse's own dependency, imported by it already
+    from synapse.app._base import sdnotify
+
+    if not CONFIG.exists():
+        sdnotify(b"STATUS=imported; waiting for first boot to write " + str(CONFIG).encode())
+    wait_for_config()
+    sdnotify(b"STATUS=waiting for the database")
+    wait_for_database(database_address(yaml.safe_load(CONFIG.read_text())))
+    sys.argv = ARGV
+    synapse.app.homeserver.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
