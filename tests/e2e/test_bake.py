@@ -81,6 +81,30 @@ def test_image_units_enabled_but_waiting_for_a_launch_contract(bare):
     assert host.check_output("systemctl --failed --no-legend --plain") == ""
 
 
+def test_without_a_contract_synapse_is_not_started_early(bare):
+    """Synapse's unit starts early (imports overlapping cloud-init and first boot) only on a boot
+    whose contract cloud-init's local stage has written; this boot has none: skipped, not failed."""
+    host, _ = bare
+    shown = host.check_output("systemctl show synapse -p ActiveState -p ConditionResult")
+    unit = dict(line.split("=", 1) for line in shown.splitlines())
+    assert unit == {"ActiveState": "inactive", "ConditionResult": "no"}, unit
+    assert host.check_output("ss -Hltn '( sport = :8008 )'") == ""
+
+
+def test_boot_skips_first_boot_presets_fsck_and_remount(bare):
+    """The direct boot's root is mounted read-write by the kernel with fstab's options (fstab=no):
+    no fsck or remount units; an empty machine-id is made at boot without "first boot" semantics."""
+    host, _ = bare
+    assert "rw" in host.mount_point("/").options and "discard" in host.mount_point("/").options
+    for unit in ("systemd-fsck-root", "systemd-remount-fs", "systemd-firstboot"):
+        assert host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout.strip() == "0", unit
+    assert len(host.file("/etc/machine-id").content_string.strip()) == 32
+    # The seed's drivers are loaded at the start of the boot; modules the appliance never needs are not.
+    modules = host.check_output("cut -d' ' -f1 /proc/modules").split()
+    assert {"ahci", "sr_mod", "isofs"} <= set(modules)
+    assert not {"kvm_amd", "kvm_intel", "sctp", "vmw_vmci"} & set(modules)
+
+
 def test_image_holds_synapses_schema_empty_and_without_a_password(bare):
     host, _ = bare
     sql = (
