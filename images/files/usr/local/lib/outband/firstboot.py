@@ -281,8 +281,8 @@ def configure() -> str:
     # Started without waiting: nginx (for ACME http-01) comes up while the database is prepared.
     run("systemctl", "start", "--no-block", "nginx.service")
     write_secrets(c)
-    # The role's password before Synapse's config: homeserver.yaml is what lets Synapse start (its
-    # unit's condition), and the boot's own start job for it may run any moment after that.
+    # The role's password before Synapse's config: homeserver.yaml is what Synapse's unit (already
+    # running on a launch, its wrapper waiting) starts Synapse on, any moment after it appears.
     create_database(c)
     render_configs(c, env)
     # Synapse's unit has been importing Synapse since early boot and starts it on this config
