@@ -52,11 +52,16 @@ def test_the_database_address_is_the_one_first_boot_configures():
     assert start.database_address({"database": {"args": {}}}) == ("localhost", 5432)
 
 
+def unused_address() -> tuple[str, int]:
+    """A loopback port that was free a moment ago, with nobody listening on it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()
+
+
 def test_waits_for_the_database_to_accept_connections(monkeypatch):
     monkeypatch.setattr(start, "POLL_SECONDS", 0.01)
-    with socket.socket() as placeholder:  # a free port, nobody listening yet
-        placeholder.bind(("127.0.0.1", 0))
-        address = placeholder.getsockname()
+    address = unused_address()
     listener = socket.socket()
     listening = threading.Timer(0.2, lambda: (listener.bind(address), listener.listen()))
     listening.start()
@@ -69,8 +74,6 @@ def test_waits_for_the_database_to_accept_connections(monkeypatch):
 
 def test_no_database_in_time_is_a_clear_failure(monkeypatch):
     monkeypatch.setattr(start, "POLL_SECONDS", 0.01)
-    with socket.socket() as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        address = placeholder.getsockname()
+    address = unused_address()
     with pytest.raises(SystemExit, match=r"no database at 127\.0\.0\.1"):
         start.wait_for_database(address, seconds=0.1)
