@@ -59,6 +59,7 @@ def choose_accel(setting: str, kernel: Path | None, cache_dir: Path) -> str:
     The probe's answer is kept for the host's current boot (it cannot change without a reboot).
     """
     if setting == "tcg":
+        warn_if_slow_tcg()
         return "tcg"
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     memo = cache_dir / f"kvm-probe-{boot_id}"
@@ -72,8 +73,33 @@ def choose_accel(setting: str, kernel: Path | None, cache_dir: Path) -> str:
         die("KVM does not run guests on this machine", hint="use --accel tcg (or auto)", status=ExitStatus.USAGE)
     if not works:
         log.warn("KVM cannot run a guest here: using TCG emulation (slower)")
+        warn_if_slow_tcg()
         return "tcg"
     return "kvm"
+
+
+# qemu 8.0 made x86 translations position-independent, so one translation of a shared library's
+# code serves every process that maps it. Before, address-space randomisation gave each process
+# other addresses and everything it ran was translated anew: under TCG, 200 runs of /bin/true
+# took 9 s on qemu 7.2 and 3.4 s on qemu 10, and a launch ~11 s longer (A/B, BENCHMARKS.md).
+FAST_TCG_SINCE = (8, 0)
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """(major, minor) from `qemu --version`: "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2...)"."""
+    words = text.split()
+    number = words[words.index("version") + 1] if "version" in words else "0.0"
+    major, minor = [*number.split("."), "0"][:2]
+    return int(major), int(minor)
+
+
+def warn_if_slow_tcg() -> None:
+    found = parse_version(run([QEMU, "--version"], what="qemu --version", capture=True))
+    if found < FAST_TCG_SINCE:
+        log.warn(
+            f"qemu {found[0]}.{found[1]} emulates every new process's code anew (launches take longer): "
+            "qemu ≥ 8 is faster (Debian 12: bookworm-backports; scripts/install-deps installs it)"
+        )
 
 
 def accel_args(accel: str, cpus: int) -> list[str]:

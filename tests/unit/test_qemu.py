@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from appliance import qemu
 from appliance.targets import local
@@ -55,6 +58,24 @@ def test_accel_probe_answer_is_kept_per_host_boot(tmp_path, monkeypatch):
     assert qemu.choose_accel("auto", None, tmp_path) == "tcg"
     assert len(calls) == 1
     assert qemu.choose_accel("tcg", None, tmp_path) == "tcg"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022", (7, 2)),
+        ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n", (10, 0)),
+        ("something else entirely", (0, 0)),
+    ],
+)
+def test_qemu_version_is_read_from_its_banner(text, expected):
+    assert qemu.parse_version(text) == expected
+
+
+def test_the_installed_qemu_shares_translations_between_processes():
+    """scripts/install-deps brings qemu >= 8 (bookworm-backports on Debian 12): TCG launches rely on it."""
+    banner = subprocess.run([qemu.QEMU, "--version"], capture_output=True, text=True, check=True).stdout
+    assert qemu.parse_version(banner) >= qemu.FAST_TCG_SINCE, banner
 
 
 def test_kvm_is_not_claimed_without_a_kernel_to_prove_it():
