@@ -107,7 +107,8 @@ def bake(s: Settings, use_layers: bool = True, via: str = "chroot", change_scrip
                     f.write(f"# changed for a benchmark at {dt.datetime.now(dt.UTC).isoformat()}\n")
             recipe_hash = provision.layer_keys(base_key, stage_dir)[-1][1]
             name = f"outband-{s.image.suite}-{recipe_hash[:12]}"
-            tree = provision.provision_tree(base_tree, base_key, stage_dir, tmp / "root", cache, use_layers)
+            archive = base.archive_state(s)
+            tree = provision.provision_tree(base_tree, base_key, stage_dir, tmp / "root", cache, archive, use_layers)
             with log.step("Manifest and SBOM"):
                 debs = sbom.debian_packages(tree)
                 wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
@@ -126,7 +127,9 @@ def bake(s: Settings, use_layers: bool = True, via: str = "chroot", change_scrip
                 shutil.copyfile((tree / "vmlinuz").resolve(), tmp / "vmlinuz")
                 disk.write_disk(tree, tmp / "disk.raw", s.image.disk_gb, fsid)
                 disk.to_qcow2(tmp / "disk.raw", tmp / "image.qcow2")
-            return publish(s, name, recipe_hash, base_key, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz")
+            return publish(
+                s, name, recipe_hash, base_key, archive, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz"
+            )
 
 
 def publish(
@@ -134,6 +137,7 @@ def publish(
     name: str,
     recipe_hash: str,
     base_key: str,
+    archive: dict[str, str],
     web: webclient.WebClient,
     bom: dict,
     debs: list,
@@ -153,6 +157,7 @@ def publish(
         "recipe_sha256": recipe_hash,
         "base_key": base_key,
         "suite": s.image.suite,
+        "debian_archive": archive,  # each suite's Release date as the bake read it
         "disk_gb": s.image.disk_gb,
         "qcow2": {"file": final.name, "sha256": hash_file(qcow2), "size": qcow2.stat().st_size},
         "webclient": {"name": web.name, "version": web.version, "sha256": web.sha256},
@@ -205,6 +210,7 @@ def bake_with_packer(s: Settings) -> Image:
             tmp = Path(tmp_dir)
             stage_dir = provision.stage(tmp / "stage", web.tar, s.image.extra_ca)
             recipe_hash = provision.layer_keys(base_key, stage_dir)[-1][1]
+            archive = base.archive_state(s)  # for the manifest: the build VM's apt reads the archive itself
             name = f"outband-{s.image.suite}-{recipe_hash[:12]}-packer"
             key = secrets.ssh_keypair("outband-build")
             write_private(tmp / "build_ed25519", key.private_openssh)
@@ -242,7 +248,9 @@ def bake_with_packer(s: Settings) -> Image:
                 wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
                 bom = sbom.cyclonedx(name, recipe_hash, debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
                 disk.to_qcow2(tmp / "out/outband.qcow2", tmp / "image.qcow2")
-            return publish(s, name, recipe_hash, base_key, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz")
+            return publish(
+                s, name, recipe_hash, base_key, archive, web, bom, debs, wheels, tmp / "image.qcow2", tmp / "vmlinuz"
+            )
 
 
 def packer_variables_digitalocean(s: Settings, stage_dir: Path, facts: Path, snapshot_name: str) -> dict[str, str]:

@@ -8,11 +8,13 @@ image picks up Debian's security updates.
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from pathlib import Path
 
 from appliance import log
 from appliance.cache import Cache, digest
 from appliance.config import IMAGES, Settings
+from appliance.errors import die
 from appliance.run import run
 
 BASE = IMAGES / "base"
@@ -32,6 +34,34 @@ def mirrors(s: Settings) -> list[str]:
         f"deb {s.image.mirror} {suite}-updates main",
         f"deb {s.image.security_mirror} {suite}-security main",
     ]
+
+
+def archive_state(s: Settings) -> dict[str, str]:
+    """When Debian's archive last changed each of the image's suites: the `Date:` of its Release file.
+
+    Why: provision layers are cached, and a layer holds the packages Debian served when it was made.
+    Keyed by this too, a cached layer serves only bakes that would install the same packages; after
+    any Debian update (a security fix) the next bake re-runs the scripts instead of shipping a
+    cached layer's older packages. Read over plain HTTP like apt's own downloads; apt still checks
+    every signature, this is only a cache key.
+    """
+    state = {}
+    for source in mirrors(s):
+        _, mirror, suite, _ = source.split()
+        url = f"{mirror}/dists/{suite}/Release"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 -- a configured http(s) mirror
+                head = response.read(8192).decode(errors="replace")
+        except OSError as e:
+            die(
+                f"cannot read {url}: {e}",
+                hint="a bake installs Debian's current packages: check the network and image.mirror in invoke.yaml",
+            )
+        date = next((line[5:].strip() for line in head.splitlines() if line.startswith("Date:")), None)
+        if date is None:
+            die(f"{url} has no Date: field", hint="is image.mirror a Debian mirror?")
+        state[suite] = date
+    return state
 
 
 def key(s: Settings) -> str:

@@ -75,6 +75,12 @@ def layer_keys(base_key: str, stage_dir: Path) -> list[tuple[Script, str]]:
     return keys
 
 
+def cache_keys(base_key: str, stage_dir: Path, archive: dict[str, str]) -> list[tuple[Script, str]]:
+    """Where each script's layer is cached: its recipe key plus Debian's archive state (the recipe
+    names the packages, the archive decides their versions; base.archive_state says why)."""
+    return [(script, digest(key, archive)) for script, key in layer_keys(base_key, stage_dir)]
+
+
 def copy_tree(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
@@ -91,10 +97,16 @@ def run_in_tree(tree: Path, script: Script, binds: dict[str, Path], env: dict[st
 
 
 def provision_tree(
-    base_tree: Path, base_key: str, stage_dir: Path, work: Path, cache: Cache, use_layers: bool = True
+    base_tree: Path,
+    base_key: str,
+    stage_dir: Path,
+    work: Path,
+    cache: Cache,
+    archive: dict[str, str],
+    use_layers: bool = True,
 ) -> Path:
     """Build the sealed tree in `work`: nearest cached layer (unless told not to), then the remaining scripts."""
-    keyed = layer_keys(base_key, stage_dir)
+    keyed = cache_keys(base_key, stage_dir, archive)
     start = 0
     source = base_tree
     for i in range(len(keyed) - 1 if use_layers else -1, -1, -1):

@@ -78,10 +78,11 @@ def choose_accel(setting: str, kernel: Path | None, cache_dir: Path) -> str:
     return "kvm"
 
 
-# qemu 8.0 made x86 translations position-independent, so one translation of a shared library's
-# code serves every process that maps it. Before, address-space randomisation gave each process
-# other addresses and everything it ran was translated anew: under TCG, 200 runs of /bin/true
-# took 9 s on qemu 7.2 and 3.4 s on qemu 10, and a launch ~11 s longer (A/B, BENCHMARKS.md).
+# Under TCG, qemu 7.2 (Debian 12's) translates a shared library's code again for every process
+# that maps it at other addresses, which address-space randomisation makes every process: in the
+# guest, 200 runs of /bin/true took 9 s, 2.6 s without randomisation (setarch -R), 3.4 s on qemu
+# 10 with it; an A/B launch + verify took ~11 s longer on 7.2. From 8.0 qemu keys x86 translations
+# by physical address (CF_PCREL).
 FAST_TCG_SINCE = (8, 0)
 
 

@@ -54,3 +54,14 @@ def test_extra_ca_changes_every_layer(tmp_path, webclient_tar):
     without = provision.layer_keys("base", provision.stage(tmp_path / "a", webclient_tar, ()))
     with_ca = provision.layer_keys("base", provision.stage(tmp_path / "b", webclient_tar, (ca,)))
     assert all(k1 != k2 for (_, k1), (_, k2) in zip(without, with_ca, strict=True))
+
+
+def test_a_debian_update_moves_every_layers_cache_key(tmp_path, webclient_tar):
+    """A layer made before a Debian update holds older packages: after it, no bake may reuse it."""
+    stage = provision.stage(tmp_path / "a", webclient_tar, ())
+    monday = {"trixie": "Sat, 08 Nov 2026 09:00:00 UTC", "trixie-security": "Mon, 23 Nov 2026 18:00:00 UTC"}
+    tuesday = {**monday, "trixie-security": "Tue, 24 Nov 2026 07:00:00 UTC"}
+    before = provision.cache_keys("base", stage, monday)
+    after = provision.cache_keys("base", stage, tuesday)
+    assert all(k1 != k2 for (_, k1), (_, k2) in zip(before, after, strict=True))
+    assert provision.cache_keys("base", stage, dict(monday)) == before
