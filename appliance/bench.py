@@ -8,11 +8,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from appliance import bake, launch, log, ssh
+from appliance import bake, launch, log, qemu, ssh
 from appliance.config import REPO, Settings
 from appliance.state import Store
 from appliance.targets import LaunchSpec, Target
@@ -51,6 +52,12 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def qemu_version() -> str:
+    """The emulator's version: TCG's speed depends on it (appliance/qemu.py: FAST_TCG_SINCE)."""
+    banner = subprocess.run([qemu.QEMU, "--version"], capture_output=True, text=True, check=False).stdout
+    return "{}.{}".format(*qemu.parse_version(banner))
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -130,7 +137,8 @@ def write_markdown(
         "",
         f"- Date: {now}",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}",
-        f"- VM acceleration: {accel} (KVM is probed; on this machine it cannot run guests, so TCG emulation)",
+        f"- VM acceleration: {accel} (KVM is probed; on this machine it cannot run guests, so TCG emulation)"
+        f" with qemu {qemu_version()}",
         f"- Web client: {s.webclient}; VM: {s.vm.cpus} vCPU, {s.vm.memory_mb} MiB",
         "",
         "| Measure | Median | Runs | Target | Met |",
