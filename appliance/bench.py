@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -56,8 +55,7 @@ def machine() -> dict[str, str]:
 
 def qemu_version() -> str:
     """The emulator's version: TCG's speed depends on it (appliance/qemu.py: FAST_TCG_SINCE)."""
-    banner = subprocess.run([qemu.QEMU, "--version"], capture_output=True, text=True, check=False).stdout
-    return "{}.{}".format(*qemu.parse_version(banner))
+    return "{}.{}".format(*qemu.version())
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -94,8 +95,14 @@ def parse_version(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+@functools.cache
+def version() -> tuple[int, int]:
+    """The installed qemu's (major, minor), asked once per process."""
+    return parse_version(run([QEMU, "--version"], what="qemu --version", capture=True))
+
+
 def warn_if_slow_tcg() -> None:
-    found = parse_version(run([QEMU, "--version"], what="qemu --version", capture=True))
+    found = version()
     if found < FAST_TCG_SINCE:
         log.warn(
             f"qemu {found[0]}.{found[1]} emulates every new process's code anew (launches take longer): "
