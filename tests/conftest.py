@@ -6,6 +6,12 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from appliance.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,3 +24,10 @@ def load_script(relative: str, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def repo_settings(**overrides: Any) -> Settings:
+    """The repository's own invoke.yaml settings, as `invoke` would load them (plus flag overrides)."""
+    from appliance import config
+
+    return config.load(yaml.safe_load((REPO / "invoke.yaml").read_text())["outband"], **overrides)

@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, repo_settings
 
 WEBCLIENT = os.environ.get("OUTBAND_E2E_WEBCLIENT", "hydrogen")  # Element needs GitHub, unreachable in CI
 
@@ -34,9 +33,7 @@ def invoke(*args: str, check: bool = True, timeout: float = 3600) -> subprocess.
 
 @pytest.fixture(scope="session")
 def settings():
-    from appliance import config
-
-    return config.load(yaml.safe_load((REPO / "invoke.yaml").read_text())["outband"], webclient=WEBCLIENT)
+    return repo_settings(webclient=WEBCLIENT)
 
 
 @pytest.fixture(scope="session")

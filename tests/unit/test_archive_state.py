@@ -10,11 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
 from appliance import base, config
-from appliance.config import REPO
 from appliance.errors import OutbandError
+from tests.conftest import repo_settings
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def mirror(tmp_path: Path):
 
 
 def settings(mirror: str, security: str) -> config.Settings:
-    s = config.load(yaml.safe_load((REPO / "invoke.yaml").read_text())["outband"])
+    s = repo_settings()
     return dataclasses.replace(
         s, image=dataclasses.replace(s.image, suite="trixie", mirror=mirror, security_mirror=security)
     )

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from appliance import config, packer
+from appliance import packer
 from appliance.bake import packer_variables_digitalocean
 from appliance.errors import OutbandError
-from tests.conftest import REPO
+from tests.conftest import REPO, repo_settings
 
 
 def test_machine_readable_lines_are_parsed_with_packer_escapes():
@@ -50,10 +50,8 @@ needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="packer
 
 @needs_packer
 def test_packer_validates_the_digitalocean_source(tmp_path, monkeypatch):
-    import yaml
-
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", "dummy-token-for-validate")
-    s = config.load(yaml.safe_load((REPO / "invoke.yaml").read_text())["outband"])
+    s = repo_settings()
     packer.validate(
         packer_variables_digitalocean(s, tmp_path, tmp_path / "facts.tsv", "outband-test"), only="digitalocean"
     )
