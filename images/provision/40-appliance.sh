@@ -16,6 +16,36 @@ vendor=/usr/lib/systemd/system/postgresql@.service
 grep -qx 'After=network.target' "$vendor" || { echo "$vendor: no 'After=network.target' to drop" >&2; exit 1; }
 sed '/^After=network.target$/d' "$vendor" > /etc/systemd/system/postgresql@.service
 chmod 0644 /etc/systemd/system/postgresql@.service
+# Each cluster's server started by systemd itself (Type=notify: PostgreSQL reports when it accepts
+# connections) instead of through pg_ctlcluster, a Perl wrapper around pg_ctl: under emulation the
+# wrapper took 6.0 s to a ready server where the server alone took 1.2 s. Same server, data
+# directory and config file; the server still writes the PID file pg_lsclusters reads, and
+# pg_ctlcluster start/stop/restart still work (they redirect to systemctl). Its log goes to the
+# journal instead of /var/log/postgresql. One drop-in per cluster: %i cannot be split into the
+# version and cluster name the paths need.
+pg_lsclusters --no-header | while read -r version cluster _; do
+  dropin=/etc/systemd/system/postgresql@$version-$cluster.service.d
+  install -d -m 0755 "$dropin"
+  cat > "$dropin/outband-direct.conf" <<EOF
+[Service]
+Type=notify
+User=postgres
+Group=postgres
+ExecStart=
+ExecStart=/usr/lib/postgresql/$version/bin/postgres -D /var/lib/postgresql/$version/$cluster -c config_file=/etc/postgresql/$version/$cluster/postgresql.conf
+ExecStop=
+ExecReload=
+ExecReload=/bin/kill -HUP \$MAINPID
+PIDFile=
+# Fast shutdown, as pg_ctlcluster's "-m fast": SIGINT to the server, which stops its own children.
+KillSignal=SIGINT
+KillMode=mixed
+# The unit keeps the server away from the OOM killer; backends reset their own score, as under
+# pg_ctlcluster.
+Environment=PG_OOM_ADJUST_FILE=/proc/self/oom_score_adj PG_OOM_ADJUST_VALUE=0
+EOF
+  chmod 0644 "$dropin/outband-direct.conf"
+done
 install -d -m 0755 /var/lib/outband
 systemctl daemon-reload 2>/dev/null || true
 systemctl enable outband-firstboot.service synapse.service nginx.service coturn.service \

@@ -118,6 +118,16 @@ def test_image_holds_synapses_schema_empty_and_without_a_password(bare):
     assert (users, keys, no_password) == ("0", "0", "t")
 
 
+def test_postgresql_is_run_by_systemd_itself(bare):
+    """Not through pg_ctlcluster (a Perl wrapper: seconds of every boot under emulation): the unit
+    runs the server, which tells systemd when it accepts connections; Debian's tools still see it."""
+    host, _ = bare
+    unit = host.service("postgresql@17-main").systemd_properties
+    assert (unit["Type"], unit["ActiveState"]) == ("notify", "active")
+    assert host.check_output(f"ps -o user=,comm= -p {unit['MainPID']}").split() == ["postgres", "postgres"]
+    assert host.check_output("pg_lsclusters --no-header").split()[3] == "online"
+
+
 def test_launcher_boots_the_kernel_directly_with_a_lean_unit_chain(bare):
     host, _ = bare
     cmdline = host.file("/proc/cmdline").content_string.split()
