@@ -2,9 +2,10 @@
 """Outband first boot: apply the launch contract, once.
 
 cloud-init writes the contract (/etc/outband/launch.json, root 0600) from user-data; this unit
-then: starts nginx for ACME http-01, writes each secret to its own file (owner and mode per
-consumer), sets the database role's password (the schema is made at bake time), renders the
-configs from the baked templates, starts Synapse, obtains the certificate, starts coturn, and
+then: starts nginx for ACME http-01 and certbot in the background, writes each secret to its own
+file (owner and mode per consumer), sets the database role's password (the schema is made at
+bake time), renders the configs from the baked templates, starts Synapse, waits for the
+certificate, switches nginx to TLS, starts coturn, and
 finally removes every copy of the user-data it can and retires cloud-init (an appliance is
 configured once; a reboot must not re-run it). Its outcome goes to the serial console too.
 No secret is ever printed or passed on a command line.
@@ -194,10 +195,27 @@ def create_database(c: dict) -> None:
     password = c["secrets"]["db_password"].replace("'", "''")
     # The password is ours (URL-safe random) and quoted anyway; psql reads it on stdin, not argv.
     sql = ROLE_AND_DATABASE_SQL + f"ALTER ROLE synapse WITH LOGIN PASSWORD '{password}';\n"
-    run("runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", input=sql)
+    # As the postgres user (peer authentication) without runuser, whose PAM session costs a second
+    # under emulation; -X: no psqlrc.
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+    say("running (as postgres) " + " ".join(argv))
+    subprocess.run(
+        argv,
+        input=sql,
+        text=True,
+        check=True,
+        user="postgres",
+        group="postgres",
+        extra_groups=[],
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/var/lib/postgresql"},
+    )
 
 
-def obtain_certificate(c: dict) -> None:
+CERTBOT_ATTEMPTS = 3
+
+
+def certbot_command(c: dict) -> tuple[list[str], dict[str, str]]:
     d = c["domain"]
     acme = c["acme"]
     env = {}
@@ -219,6 +237,11 @@ def obtain_certificate(c: dict) -> None:
         "outband",
         "--key-type",
         "ecdsa",
+        # http-01 needs nginx serving the webroot: started (--no-block) before certbot, and waited
+        # for here, after certbot's own start-up (seconds of imports under emulation). Kept for
+        # renewals, where it is a no-op on a running nginx.
+        "--pre-hook",
+        "systemctl start nginx.service",
         "--server",
         acme["directory"],
         "-m",
@@ -226,14 +249,31 @@ def obtain_certificate(c: dict) -> None:
     ]
     for name in names:
         argv += ["-d", name]
-    for attempt in range(1, 4):
+    return argv, {**os.environ, **env}
+
+
+def start_certificate(c: dict) -> subprocess.Popen:
+    """certbot in the background: the certificate needs nothing of what first boot does meanwhile
+    (secrets, database role, configs), and is the longest step left of a launch."""
+    argv, env = certbot_command(c)
+    say("running " + " ".join(argv))
+    return subprocess.Popen(argv, text=True, env=env)
+
+
+def finish_certificate(c: dict, first: subprocess.Popen) -> None:
+    """Wait for the background certbot; retry in the foreground (ACME CAs have transient failures)."""
+    if first.wait() == 0:
+        return
+    argv, env = certbot_command(c)
+    for attempt in range(2, CERTBOT_ATTEMPTS + 1):
+        time.sleep(5 * (attempt - 1))
+        say(f"certbot failed; attempt {attempt} of {CERTBOT_ATTEMPTS}")
         try:
-            run(*argv, env=env)
-            break
+            subprocess.run(argv, text=True, check=True, env=env)
+            return
         except subprocess.CalledProcessError:
-            if attempt == 3:
+            if attempt == CERTBOT_ATTEMPTS:
                 raise
-            time.sleep(5 * attempt)
 
 
 def remove_user_data() -> None:
@@ -278,8 +318,10 @@ def configure() -> str:
     discover_public_ip(c)
     env = template_env()
     render_site(c, env, tls=False)
-    # Started without waiting: nginx (for ACME http-01) comes up while the database is prepared.
+    # Started without waiting: nginx (for ACME http-01) comes up while certbot starts (its
+    # pre-hook waits for nginx) and the database is prepared.
     run("systemctl", "start", "--no-block", "nginx.service")
+    certbot = start_certificate(c)
     write_secrets(c)
     # The role's password before Synapse's config: homeserver.yaml is what Synapse's unit (already
     # running on a launch, its wrapper waiting) starts Synapse on, any moment after it appears.
@@ -289,8 +331,7 @@ def configure() -> str:
     # (synapse-start.py); this start only joins that job, or makes one where the boot's did not
     # run. The rest of its start runs while the certificate is obtained: it needs none.
     run("systemctl", "start", "--no-block", "synapse.service")
-    run("systemctl", "start", "nginx.service")  # returns once the start queued above is done
-    obtain_certificate(c)
+    finish_certificate(c, certbot)
     render_site(c, env, tls=True)
     run("nginx", "-t", "-q")
     # The same hook as every renewal (certbot runs it only on renewals): coturn's copy of the
