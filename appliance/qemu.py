@@ -163,6 +163,10 @@ KERNEL_CMDLINE = [
 # stage wait for the seed disk, whose AHCI driver is a module that udev loads later (the image
 # orders cloud-init-local after this device; see images/base/customize.sh).
 SEED_CMDLINE = ["ds=nocloud", r"systemd.wants=dev-disk-by\x2dlabel-cidata.device"]
+# A launch's seed holds a launch contract (a bare boot's does not): Synapse's unit starts at the
+# beginning of the boot and imports Synapse while cloud-init runs (images/files/etc/systemd/system/
+# synapse.service); the contract itself is read only later, by cloud-init and first boot.
+CONTRACT_CMDLINE = "outband.contract=seed"
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ class VmSpec:
     serial_log: Path
     pidfile: Path
     kernel: Path | None = None  # the image's kernel: direct boot (fast); None: firmware and GRUB
+    contract: bool = False  # the seed carries a launch contract (not a bare boot)
 
 
 def argv(spec: VmSpec) -> list[str]:
@@ -214,6 +219,7 @@ def argv(spec: VmSpec) -> list[str]:
     disk = f"file={spec.disk},format=qcow2,discard=unmap,cache=writeback"
     if spec.kernel is not None:
         cmdline = KERNEL_CMDLINE + (SEED_CMDLINE if spec.seed is not None else [])
+        cmdline += [CONTRACT_CMDLINE] if spec.seed is not None and spec.contract else []
         args += ["-drive", f"{disk},if=none,id=root", "-device", "nvme,drive=root,serial=outband-root"]
         args += ["-kernel", str(spec.kernel), "-append", " ".join(cmdline)]
     else:

@@ -143,7 +143,7 @@ class LocalTarget:
             userdata.write_seed(record.path("seed.iso"), text, userdata.meta_data(spec.name, instance_id))
         with log.step(f"Start the VM on {address} ({accel})"):
             qemu.overlay(spec.image, record.path("disk.qcow2"))
-            vm = self.vm_spec(record, address, accel, seed=True)
+            vm = self.vm_spec(record, address, accel, seed=True, contract=not spec.bare)
             pid = qemu.start(vm, record.path("qemu.log"))
             record.set(pid=pid)
         with log.step("Boot" + ("" if spec.bare else " and first-boot configuration (SSH, certificate, Synapse)")):
@@ -155,7 +155,7 @@ class LocalTarget:
         record.status = "running"
         record.save()
 
-    def vm_spec(self, record: Record, address: str, accel: str, seed: bool) -> qemu.VmSpec:
+    def vm_spec(self, record: Record, address: str, accel: str, seed: bool, contract: bool = False) -> qemu.VmSpec:
         return qemu.VmSpec(
             name=record.name,
             disk=record.path("disk.qcow2"),
@@ -169,6 +169,7 @@ class LocalTarget:
             serial_log=record.path("serial.log"),
             pidfile=record.path("qemu.pid"),
             kernel=self.kernel(Path(record.data["image"])),
+            contract=contract,
         )
 
     @staticmethod

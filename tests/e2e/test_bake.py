@@ -83,7 +83,7 @@ def test_image_units_enabled_but_waiting_for_a_launch_contract(bare):
 
 def test_without_a_contract_synapse_is_not_started_early(bare):
     """Synapse's unit starts early (imports overlapping cloud-init and first boot) only on a boot
-    whose contract cloud-init's local stage has written; this boot has none: skipped, not failed."""
+    the launcher flags as bringing a contract; a bare boot is not flagged: skipped, not failed."""
     host, _ = bare
     shown = host.check_output("systemctl show synapse -p ActiveState -p ConditionResult")
     unit = dict(line.split("=", 1) for line in shown.splitlines())

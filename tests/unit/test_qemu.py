@@ -8,7 +8,7 @@ from appliance import qemu
 from appliance.targets import local
 
 
-def spec(tmp_path: Path, seed: bool = True, kernel: bool = False) -> qemu.VmSpec:
+def spec(tmp_path: Path, seed: bool = True, kernel: bool = False, contract: bool = False) -> qemu.VmSpec:
     return qemu.VmSpec(
         name="alpha",
         disk=tmp_path / "disk.qcow2",
@@ -22,6 +22,7 @@ def spec(tmp_path: Path, seed: bool = True, kernel: bool = False) -> qemu.VmSpec
         serial_log=tmp_path / "serial.log",
         pidfile=tmp_path / "pid",
         kernel=tmp_path / "image.vmlinuz" if kernel else None,
+        contract=contract,
     )
 
 
@@ -93,6 +94,16 @@ def test_direct_boot_puts_the_root_on_nvme_and_waits_for_the_seed(tmp_path):
     # Without a seed (cloud-init retired) nothing may wait for one.
     args = qemu.argv(spec(tmp_path, seed=False, kernel=True))
     assert "ds=nocloud" not in args[args.index("-append") + 1]
+
+
+def test_only_a_launch_with_a_contract_is_flagged_for_synapses_early_start(tmp_path):
+    def cmdline(**kw: bool) -> list[str]:
+        args = qemu.argv(spec(tmp_path, kernel=True, **kw))
+        return args[args.index("-append") + 1].split()
+
+    assert qemu.CONTRACT_CMDLINE in cmdline(contract=True)
+    assert qemu.CONTRACT_CMDLINE not in cmdline()  # a bare boot: a seed without a contract
+    assert qemu.CONTRACT_CMDLINE not in cmdline(seed=False, contract=True)
 
 
 def test_without_an_exported_kernel_the_image_boots_through_grub_on_virtio(tmp_path):

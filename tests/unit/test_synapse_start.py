@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from appliance import qemu
 from tests.conftest import load_script
 
 start = load_script("images/files/usr/local/lib/outband/synapse-start.py", "synapse_start")
@@ -24,7 +25,8 @@ def test_the_wrapper_unit_and_first_boot_agree_on_paths():
     unit = (Path(__file__).parents[2] / "images/files/etc/systemd/system/synapse.service").read_text()
     assert "ExecStart=/opt/synapse/bin/python /usr/local/lib/outband/synapse-start.py\n" in unit
     assert f"ConditionPathExists=|{start.CONFIG}\n" in unit
-    assert f"ConditionPathExists=|{firstboot.CONTRACT}\n" in unit
+    # Started early only on a boot the local target flags as a launch (its kernel command line).
+    assert f"ConditionKernelCommandLine=|{qemu.CONTRACT_CMDLINE}\n" in unit
 
 
 def test_a_configured_appliance_starts_at_once(tmp_path):

@@ -2,15 +2,14 @@
 
 Synapse's imports are the longest single step of a launch under emulation (~20 s of one vCPU) and
 need nothing from the launch contract. Its config does: first boot writes homeserver.yaml from
-the contract, after cloud-init. So the unit starts this as soon as cloud-init's local stage has
-written the contract (the early-boot storm of udev, journald and cloud-init's imports is over; an
-import started sooner only slows cloud-init, which every later step waits for): it imports
-Synapse on the vCPU cloud-init and first boot leave idle, waits for the config, then calls
-Synapse's own entry point (`python -m synapse.app.homeserver` runs the same `main()`). Nothing is
-read from the config, the secrets or the database before first boot has written them. Synapse
-has no such mode itself, hence this wrapper. Where the contract comes later (a datasource that
-applies user-data in cloud-init's network stage) the unit's condition skips this early start and
-first boot starts Synapse itself, as it would without this wrapper.
+the contract, after cloud-init. So on a launch the unit starts this in the first seconds of the
+boot (the local target flags a launch on the kernel command line): it imports Synapse while
+cloud-init and first boot run (cloud-init's process has the CPU first while the system boots: its
+unit's StartupCPUWeight), waits for the config, then calls Synapse's own entry point
+(`python -m synapse.app.homeserver` runs the same `main()`). Nothing is read from the config, the
+secrets or the database before first boot has written them. Synapse has no such mode itself,
+hence this wrapper. Where no launch is flagged (a cloud's datasource) the unit's condition skips
+this early start and first boot starts Synapse itself, as it would without this wrapper.
 
 Once the config exists this waits until PostgreSQL accepts connections (on a reboot it may still
 be starting): Synapse gives up at once on a database it cannot reach. Run by Synapse's venv
