@@ -28,7 +28,10 @@ SECRET_FILES = [
     ("/etc/turnserver.conf", "root", "turnserver", "640"),
     ("/etc/ssh/ssh_host_ed25519_key", "root", "root", "600"),
 ]
+# First boot's "configured once" marker (it holds the domain): on a later boot its unit is skipped.
+FIRST_BOOT_MARKER = "/var/lib/outband/configured"
 ROOT_ONLY_READS = [
+    FIRST_BOOT_MARKER,
     "/etc/synapse/secrets/turn",
     "/etc/synapse/secrets/signing.key",
     "/etc/synapse/homeserver.yaml",
@@ -44,7 +47,7 @@ USER_DATA_SCAN = (
     "[ -e /etc/cloud/cloud-init.disabled ] || echo 'cloud-init is not retired'"
 )
 COMMANDS = {
-    "units": "systemctl show -p Id -p ActiveState -p SubState -p UnitFileState -p MainPID "
+    "units": "systemctl show -p Id -p ActiveState -p SubState -p UnitFileState -p MainPID -p ConditionResult "
     "-p NoNewPrivileges -p ProtectSystem -p PrivateTmp " + " ".join(SERVICES),
     "stat": "stat -c '%n %U %G %a' " + " ".join(p for p, *_ in SECRET_FILES),
     "processes": "ps -eo pid=,user=",
@@ -115,7 +118,14 @@ def root_files(probe) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("unit", SERVICES)
-def test_service_enabled_and_running(units, unit):
+def test_service_enabled_and_running(units, root_files, domain, unit):
+    if unit == "outband-firstboot" and units[unit]["ActiveState"] == "inactive":
+        # A later boot of a configured appliance (a reboot): first boot ran once, for this domain
+        # (its marker), and this boot skipped it by its condition.
+        assert units[unit]["ConditionResult"] == "no"
+        assert (root_files[FIRST_BOOT_MARKER] or "").strip() == domain
+        assert units[unit]["UnitFileState"] == "enabled"
+        return
     assert units[unit]["ActiveState"] == "active"
     # Oneshots stay "exited" (first boot, the firewall load); every other one runs.
     assert units[unit]["SubState"] == ("exited" if unit in ONESHOTS else "running")

@@ -78,3 +78,10 @@ def test_ssh_check_reports_a_skipped_failed_or_finished_first_boot(monkeypatch):
     assert local.LocalTarget.check_firstboot(None) == "the first-boot unit failed"
     systemctl_show(monkeypatch, "ActiveState=active\nConditionResult=yes\nConditionTimestampMonotonic=35123456\n")
     assert local.LocalTarget.check_firstboot(None) == "ok"
+
+
+def test_verify_reads_the_marker_first_boot_writes():
+    """verify accepts a skipped first boot (a reboot) only with the marker first boot leaves."""
+    from tests.infra import test_appliance
+
+    assert str(firstboot.MARKER) == test_appliance.FIRST_BOOT_MARKER
