@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import qemu
+from appliance import qemu, ssh
 from tests.conftest import REPO
 from tests.e2e.conftest import NAMES, invoke, state_dir
 
@@ -158,6 +159,34 @@ def read_or_empty(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:  # the process ended while we looked
         return b""
+
+
+def remote(record, command: str) -> str:
+    """stdout of a command on the appliance, "" while SSH does not answer (e.g. during a reboot)."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        result = ssh.command(record, command, timeout=20)
+        if result.returncode == 0:
+            return result.stdout.strip()
+    return ""
+
+
+def test_a_rebooted_appliance_comes_back_configured_and_verifies(launched):
+    """A configured appliance survives a reboot (a kernel update needs one): cloud-init and first
+    boot stay retired, the services start on their own, and verify passes again."""
+    record = launched["e2e-a"]
+    boot_id = remote(record, "cat /proc/sys/kernel/random/boot_id")
+    assert boot_id
+    ssh.command(record, "sudo systemctl reboot", timeout=20)
+    ssh.close_master(record)
+    deadline = time.monotonic() + 600
+    while remote(record, "cat /proc/sys/kernel/random/boot_id") in ("", boot_id):
+        assert time.monotonic() < deadline, "no new boot of e2e-a within 10 minutes"
+        time.sleep(3)
+    while remote(record, "systemctl is-active synapse.service coturn.service nginx.service").split() != ["active"] * 3:
+        assert time.monotonic() < deadline, "services not back within 10 minutes of the reboot"
+        time.sleep(3)
+    result = invoke("verify", "--name", "e2e-a", check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 def test_destroy_removes_everything_and_is_idempotent(launched, settings):
