@@ -78,9 +78,20 @@ def say(message: str) -> None:
     print(f"outband-firstboot: {message}", flush=True)
 
 
-def run(*argv: str, input: str | None = None, env: dict[str, str] | None = None) -> None:
-    say("running " + " ".join(argv))  # argv never holds a secret: those go through files/stdin
-    subprocess.run(argv, input=input, text=True, check=True, env={**os.environ, **(env or {})})
+def run(*argv: str, input: str | None = None, env: dict[str, str] | None = None, user: str | None = None) -> None:
+    """argv as root, or as `user` (its own group only) without a PAM session (runuser's costs a
+    second under emulation)."""
+    say("running " + (f"(as {user}) " if user else "") + " ".join(argv))  # argv never holds a secret
+    subprocess.run(
+        argv,
+        input=input,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
+    )
 
 
 def write(path: Path, content: str, owner: str = "root", group: str = "root", mode: int = 0o600) -> None:
@@ -195,20 +206,18 @@ def create_database(c: dict) -> None:
     password = c["secrets"]["db_password"].replace("'", "''")
     # The password is ours (URL-safe random) and quoted anyway; psql reads it on stdin, not argv.
     sql = ROLE_AND_DATABASE_SQL + f"ALTER ROLE synapse WITH LOGIN PASSWORD '{password}';\n"
-    # As the postgres user (peer authentication) without runuser, whose PAM session costs a second
-    # under emulation; -X: no psqlrc.
-    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
-    say("running (as postgres) " + " ".join(argv))
-    subprocess.run(
-        argv,
+    # As the postgres user (peer authentication); -X: no psqlrc.
+    run(
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-f",
+        "-",
         input=sql,
-        text=True,
-        check=True,
         user="postgres",
-        group="postgres",
-        extra_groups=[],
-        cwd="/",
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/var/lib/postgresql"},
+        env={"HOME": "/var/lib/postgresql"},
     )
 
 
@@ -216,6 +225,8 @@ CERTBOT_ATTEMPTS = 3
 
 
 def certbot_command(c: dict) -> tuple[list[str], dict[str, str]]:
+    """certbot's argv and the environment it needs on top of first boot's (written once: the
+    private CA's certificate, if any)."""
     d = c["domain"]
     acme = c["acme"]
     env = {}
@@ -249,27 +260,27 @@ def certbot_command(c: dict) -> tuple[list[str], dict[str, str]]:
     ]
     for name in names:
         argv += ["-d", name]
-    return argv, {**os.environ, **env}
+    return argv, env
 
 
-def start_certificate(c: dict) -> subprocess.Popen:
+def start_certificate(command: tuple[list[str], dict[str, str]]) -> subprocess.Popen:
     """certbot in the background: the certificate needs nothing of what first boot does meanwhile
     (secrets, database role, configs), and is the longest step left of a launch."""
-    argv, env = certbot_command(c)
+    argv, env = command
     say("running " + " ".join(argv))
-    return subprocess.Popen(argv, text=True, env=env)
+    return subprocess.Popen(argv, text=True, env={**os.environ, **env})
 
 
-def finish_certificate(c: dict, first: subprocess.Popen) -> None:
+def finish_certificate(command: tuple[list[str], dict[str, str]], first: subprocess.Popen) -> None:
     """Wait for the background certbot; retry in the foreground (ACME CAs have transient failures)."""
     if first.wait() == 0:
         return
-    argv, env = certbot_command(c)
+    argv, env = command
     for attempt in range(2, CERTBOT_ATTEMPTS + 1):
         time.sleep(5 * (attempt - 1))
         say(f"certbot failed; attempt {attempt} of {CERTBOT_ATTEMPTS}")
         try:
-            subprocess.run(argv, text=True, check=True, env=env)
+            run(*argv, env=env)
             return
         except subprocess.CalledProcessError:
             if attempt == CERTBOT_ATTEMPTS:
@@ -321,7 +332,8 @@ def configure() -> str:
     # Started without waiting: nginx (for ACME http-01) comes up while certbot starts (its
     # pre-hook waits for nginx) and the database is prepared.
     run("systemctl", "start", "--no-block", "nginx.service")
-    certbot = start_certificate(c)
+    certbot_cmd = certbot_command(c)
+    certbot = start_certificate(certbot_cmd)
     write_secrets(c)
     # The role's password before Synapse's config: homeserver.yaml is what Synapse's unit (already
     # running on a launch, its wrapper waiting) starts Synapse on, any moment after it appears.
@@ -331,7 +343,7 @@ def configure() -> str:
     # (synapse-start.py); this start only joins that job, or makes one where the boot's did not
     # run. The rest of its start runs while the certificate is obtained: it needs none.
     run("systemctl", "start", "--no-block", "synapse.service")
-    finish_certificate(c, certbot)
+    finish_certificate(certbot_cmd, certbot)
     render_site(c, env, tls=True)
     run("nginx", "-t", "-q")
     # The same hook as every renewal (certbot runs it only on renewals): coturn's copy of the
