@@ -218,8 +218,9 @@ def argv(spec: VmSpec) -> list[str]:
     ]
     disk = f"file={spec.disk},format=qcow2,discard=unmap,cache=writeback"
     if spec.kernel is not None:
-        cmdline = KERNEL_CMDLINE + (SEED_CMDLINE if spec.seed is not None else [])
-        cmdline += [CONTRACT_CMDLINE] if spec.seed is not None and spec.contract else []
+        cmdline = list(KERNEL_CMDLINE)
+        if spec.seed is not None:
+            cmdline += SEED_CMDLINE + ([CONTRACT_CMDLINE] if spec.contract else [])
         args += ["-drive", f"{disk},if=none,id=root", "-device", "nvme,drive=root,serial=outband-root"]
         args += ["-kernel", str(spec.kernel), "-append", " ".join(cmdline)]
     else:
