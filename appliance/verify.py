@@ -33,6 +33,11 @@ def verify(s: Settings, name: str) -> None:
         "-q",
         "-p",
         "no:cacheprovider",
+        # Only the plugin these checks use: whatever else is installed here (hypothesis,
+        # pytest-benchmark, ...) would load on every verify and cost ~1 s of it on this machine.
+        "--disable-plugin-autoload",
+        "-p",
+        "testinfra.plugin",
     ]
     log.detail("pytest " + " ".join(args))
     code = pytest.main(args)
