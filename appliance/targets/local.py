@@ -32,6 +32,10 @@ BOOT_TIMEOUT = 20 * 60  # under TCG a first boot takes minutes; a stuck one is r
 POLL_SECONDS = 0.25
 # An SSH probe is a process here and a connection the guest refuses until sshd is up: not that often.
 SSH_PROBE_SECONDS = 1
+# A launch's SSH waits for first boot's report on the console: a handshake (sshd-session, key
+# exchange, the session) costs the emulated guest ~0.5 s of CPU each, and its vCPUs are busy until
+# first boot is done. Only a console silent this long gets SSH earlier, to ask first boot's unit.
+QUIET_CONSOLE_SECONDS = 120
 SLOW_CHECK_SECONDS = 20  # SSH checks on a first boot that has not reported on the console yet
 # What first boot (images/files/usr/local/lib/outband/firstboot.py) writes to the serial console.
 FIRSTBOOT_DONE = "outband-firstboot: appliance configured"
@@ -192,16 +196,23 @@ class LocalTarget:
 
         First boot writes its outcome to the serial console, which qemu logs on this side: reading
         it costs the emulated guest nothing, unlike SSH polls (each one a session, a shell and a
-        systemctl on a CPU that is busy booting). SSH proves the pinned host key once and, rarely,
-        checks on a first boot that has said nothing (it did not run, or it hangs).
+        systemctl on a CPU that is busy booting). SSH proves the pinned host key once first boot has
+        reported (a bare boot has no first boot: at once) and, rarely, checks on a first boot that
+        has said nothing for QUIET_CONSOLE_SECONDS (it did not run, or it hangs).
         """
         address, domain = record.data["address"], record.data["domain"]
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        ssh_ok, outcome, last_check, next_ssh_probe = False, None, time.monotonic(), 0.0
+        start = time.monotonic()
+        deadline = start + BOOT_TIMEOUT
+        ssh_ok, outcome, last_check, next_ssh_probe = False, None, start, 0.0
         while time.monotonic() < deadline:
             if not qemu.alive(pid):
                 die("the VM stopped during boot", hint=f"see {record.path('serial.log')} and {record.path('qemu.log')}")
-            if not ssh_ok and time.monotonic() >= next_ssh_probe:
+            if not ssh_only:
+                outcome = outcome or firstboot_outcome(record.path("serial.log"))
+            if outcome is not None and outcome != "ok":
+                self.first_boot_failed(record, outcome)
+            ssh_due = ssh_only or outcome is not None or time.monotonic() - start >= QUIET_CONSOLE_SECONDS
+            if ssh_due and not ssh_ok and time.monotonic() >= next_ssh_probe:
                 next_ssh_probe = time.monotonic() + SSH_PROBE_SECONDS
                 ssh_ok = self.probe_ssh(record)
                 if ssh_ok and ssh_only:
@@ -209,12 +220,11 @@ class LocalTarget:
             if ssh_only:
                 time.sleep(2)
                 continue
-            outcome = outcome or firstboot_outcome(record.path("serial.log"))
             if outcome is None and ssh_ok and time.monotonic() - last_check >= SLOW_CHECK_SECONDS:
                 last_check = time.monotonic()
                 outcome = self.check_firstboot(record)
-            if outcome is not None and outcome != "ok":
-                self.first_boot_failed(record, outcome)
+                if outcome is not None and outcome != "ok":
+                    self.first_boot_failed(record, outcome)
             if outcome == "ok" and ssh_ok and self.serves_matrix(address, domain, record):
                 return
             time.sleep(POLL_SECONDS)

@@ -85,3 +85,51 @@ def test_verify_reads_the_marker_first_boot_writes():
     from tests.infra import test_appliance
 
     assert str(firstboot.MARKER) == test_appliance.FIRST_BOOT_MARKER
+
+
+class FakeBoot:
+    """The launcher's view of a booting appliance, on a fake clock: the console reports first boot's
+    outcome at `reports_at` (never if None); SSH answers from `ssh_at`. Records when SSH was tried."""
+
+    def __init__(self, monkeypatch, tmp_path, reports_at: float | None, ssh_at: float = 30.0):
+        self.now, self.ssh_tries, self.reports_at, self.ssh_at = 0.0, [], reports_at, ssh_at
+        self.serial = tmp_path / "serial.log"
+        monkeypatch.setattr(local.time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(local.time, "sleep", self.sleep)
+        monkeypatch.setattr(local.qemu, "alive", lambda pid: True)
+        monkeypatch.setattr(local.LocalTarget, "probe_ssh", staticmethod(self.probe_ssh))
+        monkeypatch.setattr(local.LocalTarget, "serves_matrix", staticmethod(lambda *a: True))
+        monkeypatch.setattr(local.LocalTarget, "check_firstboot", staticmethod(lambda record: "ok"))
+        self.record = type("Record", (), {"data": {"address": "127.0.100.9", "domain": "a.test"}})()
+        self.record.path = lambda name: tmp_path / name
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        if self.reports_at is not None and self.now >= self.reports_at and not self.serial.exists():
+            self.serial.write_text(console(f"outband-firstboot: {firstboot.DONE} for a.test"))
+
+    def probe_ssh(self, record) -> bool:
+        self.ssh_tries.append(self.now)
+        self.now += 0.5  # an ssh process's round trip
+        return self.now >= self.ssh_at
+
+
+def test_launch_leaves_ssh_alone_until_first_boot_reports(monkeypatch, tmp_path):
+    """SSH handshakes cost the busy emulated guest CPU: a launch's first comes after the report."""
+    boot = FakeBoot(monkeypatch, tmp_path, reports_at=65.0)
+    local.LocalTarget.wait_healthy(object.__new__(local.LocalTarget), boot.record, pid=1)
+    assert boot.ssh_tries and min(boot.ssh_tries) >= 65.0
+    assert len(boot.ssh_tries) == 1
+
+
+def test_a_silent_console_gets_ssh_after_a_while(monkeypatch, tmp_path):
+    """A first boot that never reports (it did not run, or hangs) is asked over SSH, not waited on."""
+    boot = FakeBoot(monkeypatch, tmp_path, reports_at=None)
+    local.LocalTarget.wait_healthy(object.__new__(local.LocalTarget), boot.record, pid=1)
+    assert min(boot.ssh_tries) >= local.QUIET_CONSOLE_SECONDS
+
+
+def test_a_bare_boot_probes_ssh_at_once(monkeypatch, tmp_path):
+    boot = FakeBoot(monkeypatch, tmp_path, reports_at=None, ssh_at=40.0)
+    local.LocalTarget.wait_healthy(object.__new__(local.LocalTarget), boot.record, pid=1, ssh_only=True)
+    assert min(boot.ssh_tries) < 1 and boot.now >= 40.0
