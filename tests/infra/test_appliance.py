@@ -36,6 +36,7 @@ ROOT_ONLY_READS = [
     "/etc/synapse/secrets/signing.key",
     "/etc/synapse/homeserver.yaml",
     "/etc/turnserver.conf",
+    "/sys/kernel/security/lsm",
 ]
 COMPILERS = ("gcc", "cpp", "make", "python3-dev")
 # Any surviving copy of the contract holds its JSON key "db_password" (quotes included; no file or
@@ -214,6 +215,13 @@ def test_firewall_default_drop(probe):
     assert "policy drop" in output(probe, "nft_input")
     egress = output(probe, "nft_output")
     assert "169.254.169.254" in egress and "skuid != 0" in egress
+
+
+def test_apparmor_and_yama_are_active(root_files):
+    # The local target names the kernel's security modules on its command line (without the BPF
+    # LSM): the ones that confine and restrict must still be there.
+    active = root_files["/sys/kernel/security/lsm"].strip().split(",")
+    assert {"apparmor", "yama", "landlock", "lockdown"} <= set(active)
 
 
 def test_no_user_data_left(probe):

@@ -91,6 +91,10 @@ def test_direct_boot_puts_the_root_on_nvme_and_waits_for_the_seed(tmp_path):
     assert "ds=nocloud" in cmdline
     assert "panic=1" in cmdline  # a panicking boot restarts (qemu resets) instead of hanging
     assert r"systemd.wants=dev-disk-by\x2dlabel-cidata.device" in cmdline
+    # The kernel's security modules minus only the BPF LSM (PID 1 loads a program into it each boot).
+    lsms = next(arg for arg in cmdline if arg.startswith("lsm=")).removeprefix("lsm=").split(",")
+    assert "bpf" not in lsms
+    assert {"apparmor", "yama", "landlock", "lockdown"} <= set(lsms)
     # Without a seed (cloud-init retired) nothing may wait for one.
     args = qemu.argv(spec(tmp_path, seed=False, kernel=True))
     assert "ds=nocloud" not in args[args.index("-append") + 1]
