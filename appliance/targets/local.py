@@ -209,6 +209,9 @@ class LocalTarget:
                 die("the VM stopped during boot", hint=f"see {record.path('serial.log')} and {record.path('qemu.log')}")
             if not ssh_only:
                 outcome = outcome or firstboot_outcome(record.path("serial.log"))
+            if outcome is None and ssh_ok and time.monotonic() - last_check >= SLOW_CHECK_SECONDS:
+                last_check = time.monotonic()
+                outcome = self.check_firstboot(record)
             if outcome is not None and outcome != "ok":
                 self.first_boot_failed(record, outcome)
             ssh_due = ssh_only or outcome is not None or time.monotonic() - start >= QUIET_CONSOLE_SECONDS
@@ -220,11 +223,6 @@ class LocalTarget:
             if ssh_only:
                 time.sleep(2)
                 continue
-            if outcome is None and ssh_ok and time.monotonic() - last_check >= SLOW_CHECK_SECONDS:
-                last_check = time.monotonic()
-                outcome = self.check_firstboot(record)
-                if outcome is not None and outcome != "ok":
-                    self.first_boot_failed(record, outcome)
             if outcome == "ok" and ssh_ok and self.serves_matrix(address, domain, record):
                 return
             time.sleep(POLL_SECONDS)

@@ -21,15 +21,14 @@ for unit in sys-kernel-debug.mount sys-kernel-tracing.mount sys-fs-fuse-connecti
 done
 # systemd-ssh-generator offers sshd on AF_VSOCK and a local AF_UNIX socket: not ways in this
 # appliance offers, and its VSOCK probe loads five modules (and fails) at every boot.
-mkdir -p /etc/systemd/system-generators
-ln -sf /dev/null /etc/systemd/system-generators/systemd-ssh-generator
-# Generators for what this appliance has none of: GPT partition auto-discovery (the root is named
-# on the kernel command line and in fstab), hibernation, a TPM, offline updates, /etc/rc.local,
-# `systemd.run=` and SysV init scripts (every service here has a unit; the generator found none).
+# Likewise the generators for what this appliance has none of: GPT partition auto-discovery (the
+# root is named on the kernel command line and in fstab), hibernation, a TPM, offline updates,
+# /etc/rc.local, `systemd.run=` and SysV init scripts (every service here has a unit).
 # PID 1 waits for all generators before it starts anything; each is a process of ~0.1 s CPU under
 # emulation. Kept: fstab, getty, debug (the local target's systemd.wants=), cloud-init, postgresql.
-for gen in systemd-gpt-auto-generator systemd-hibernate-resume-generator systemd-tpm2-generator \
-  systemd-system-update-generator systemd-rc-local-generator systemd-run-generator systemd-sysv-generator; do
+mkdir -p /etc/systemd/system-generators
+for gen in systemd-ssh-generator systemd-gpt-auto-generator systemd-hibernate-resume-generator \
+  systemd-tpm2-generator systemd-system-update-generator systemd-rc-local-generator systemd-run-generator systemd-sysv-generator; do
   ln -sf /dev/null "/etc/systemd/system-generators/$gen"
 done
 systemctl daemon-reload >/dev/null 2>&1 || true  # a live build VM; nothing to reload in a chroot
