@@ -163,10 +163,10 @@ KERNEL_CMDLINE = [
     # any unit may start. AppArmor, Yama, Landlock and lockdown stay (Debian 13's list otherwise).
     "lsm=lockdown,capability,landlock,yama,apparmor,tomoyo,ipe,ima,evm",
 ]
-# cloud-init's generator runs before any disk is probed: name its datasource, and make its local
-# stage wait for the seed disk, whose AHCI driver is a module that udev loads later (the image
-# orders cloud-init-local after this device; see images/base/customize.sh).
-SEED_CMDLINE = ["ds=nocloud", r"systemd.wants=dev-disk-by\x2dlabel-cidata.device"]
+# cloud-init's generator runs before any disk is probed: name its datasource. The image's local
+# stage then waits for the seed CD itself, without udev (images/files/usr/local/lib/outband/
+# wait-for-seed says why).
+SEED_CMDLINE = ["ds=nocloud"]
 # A launch's seed holds a launch contract (a bare boot's does not): Synapse's unit starts at the
 # beginning of the boot and imports Synapse while cloud-init runs (images/files/etc/systemd/system/
 # synapse.service); the contract itself is read only later, by cloud-init and first boot.

@@ -13,11 +13,5 @@ rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed"
 mkdir -p "$root/etc/cloud/cloud.cfg.d"
 cp "$(dirname "$0")/cloud.cfg" "$root/etc/cloud/cloud.cfg.d/90-outband.cfg"
 chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
-# A direct kernel boot (the local target) has no initramfs: the seed disk's driver loads later,
-# from udev. The launcher then asks for this device (systemd.wants= on the kernel command line)
-# and cloud-init's local stage waits for it; on any other boot nobody asks and this orders nothing.
-mkdir -p "$root/etc/systemd/system/cloud-init-local.service.d"
-printf '[Unit]\nAfter=dev-disk-by\\x2dlabel-cidata.device\n' \
-  > "$root/etc/systemd/system/cloud-init-local.service.d/outband-seed.conf"
 # No login prompt on a VGA console nobody looks at; the serial console keeps one.
 chroot "$root" systemctl disable getty@tty1.service >/dev/null 2>&1 || true

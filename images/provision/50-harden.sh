@@ -23,12 +23,14 @@ done
 # appliance offers, and its VSOCK probe loads five modules (and fails) at every boot.
 # Likewise the generators for what this appliance has none of: GPT partition auto-discovery (the
 # root is named on the kernel command line and in fstab), hibernation, a TPM, offline updates,
-# /etc/rc.local, `systemd.run=` and SysV init scripts (every service here has a unit).
+# /etc/rc.local, `systemd.run=` and SysV init scripts (every service here has a unit), and the
+# kernel command line's debugging switches (systemd.wants=, systemd.mask=, systemd.debug_shell).
 # PID 1 waits for all generators before it starts anything; each is a process of ~0.1 s CPU under
-# emulation. Kept: fstab, getty, debug (the local target's systemd.wants=), cloud-init, postgresql.
+# emulation. Kept: fstab, getty, cloud-init, postgresql.
 mkdir -p /etc/systemd/system-generators
 for gen in systemd-ssh-generator systemd-gpt-auto-generator systemd-hibernate-resume-generator \
-  systemd-tpm2-generator systemd-system-update-generator systemd-rc-local-generator systemd-run-generator systemd-sysv-generator; do
+  systemd-tpm2-generator systemd-system-update-generator systemd-rc-local-generator systemd-run-generator \
+  systemd-sysv-generator systemd-debug-generator; do
   ln -sf /dev/null "/etc/systemd/system-generators/$gen"
 done
 systemctl daemon-reload >/dev/null 2>&1 || true  # a live build VM; nothing to reload in a chroot
