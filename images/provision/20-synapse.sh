@@ -12,3 +12,6 @@ python3 -m venv --system-site-packages /opt/synapse
 PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/synapse/bin/pip install --quiet --no-deps \
   --require-hashes --only-binary=:all: --ignore-installed -r "$OUTBAND_STAGE/lock/synapse.txt"
 /opt/synapse/bin/python -c 'import synapse, psycopg2; print("synapse", synapse.__version__)'
+# Synapse's own dependency check, here once (synapse-start.py skips it at each start): the venv is
+# never changed after this bake. Also the postgres extra: psycopg2 is Debian's, not the lock's.
+/opt/synapse/bin/python -c 'from synapse.util.check_dependencies import check_requirements as c; c(); c("postgres")'

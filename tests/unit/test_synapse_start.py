@@ -79,3 +79,25 @@ def test_no_database_in_time_is_a_clear_failure(monkeypatch):
     address = unused_address()
     with pytest.raises(SystemExit, match=r"no database at 127\.0\.0\.1"):
         start.wait_for_database(address, seconds=0.1)
+
+
+def test_synapses_dependency_check_is_skipped_only_where_it_exists(monkeypatch):
+    import sys
+    import types
+
+    checked: list[object] = []
+    module = types.ModuleType("synapse.util.check_dependencies")
+    module.check_requirements = lambda extra=None: checked.append(extra)
+    util = types.ModuleType("synapse.util")
+    util.check_dependencies = module
+    monkeypatch.setitem(sys.modules, "synapse", types.ModuleType("synapse"))
+    monkeypatch.setitem(sys.modules, "synapse.util", util)
+    monkeypatch.setitem(sys.modules, "synapse.util.check_dependencies", module)
+    start.skip_dependency_check()
+    module.check_requirements()
+    module.check_requirements("postgres")
+    assert checked == []  # checked at bake time instead (images/provision/20-synapse.sh)
+    # A Synapse that no longer has the function: the wrapper stops instead of guessing.
+    del module.check_requirements
+    with pytest.raises(SystemExit, match="check_requirements is gone"):
+        start.skip_dependency_check()
