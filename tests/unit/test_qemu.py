@@ -115,3 +115,18 @@ def test_without_an_exported_kernel_the_image_boots_through_grub_on_virtio(tmp_p
     args = qemu.argv(spec(tmp_path))
     assert "-kernel" not in args
     assert any(a.endswith(",if=virtio") for a in args)
+
+
+def test_a_direct_boot_has_the_seed_and_nic_drivers_before_cloud_init_looks():
+    """No initramfs: what cloud-init's local stage reads must not wait for udev's cold-plug. Without
+    the NIC's driver it wrote no network config and the launch failed minutes later (a race)."""
+    files = Path(__file__).parents[2] / "images/files"
+    early = (files / "etc/modules-load.d/outband-early.conf").read_text().split("\n")
+    assert {"ahci", "sr_mod", "isofs", "virtio_net"} <= {line.strip() for line in early}
+    dropin = (files / "etc/systemd/system/cloud-init-local.service.d/outband-seed.conf").read_text()
+    assert "After=systemd-modules-load.service\n" in dropin
+    assert "ExecStartPre=/bin/sh /usr/local/lib/outband/wait-for-seed\n" in dropin
+    # The script waits only on a boot that names the NoCloud seed, which the launcher's does.
+    script = (files / "usr/local/lib/outband/wait-for-seed").read_text()
+    assert "grep -qw 'ds=nocloud' /proc/cmdline || exit 0" in script
+    assert "ds=nocloud" in qemu.SEED_CMDLINE
