@@ -121,8 +121,8 @@ def test_a_direct_boot_has_the_seed_and_nic_drivers_before_cloud_init_looks():
     """No initramfs: what cloud-init's local stage reads must not wait for udev's cold-plug. Without
     the NIC's driver it wrote no network config and the launch failed minutes later (a race)."""
     files = Path(__file__).parents[2] / "images/files"
-    early = (files / "etc/modules-load.d/outband-early.conf").read_text().split("\n")
-    assert {"ahci", "sr_mod", "isofs", "virtio_net"} <= {line.strip() for line in early}
+    early = (files / "etc/modules-load.d/outband-early.conf").read_text().splitlines()
+    assert {"ahci", "sr_mod", "isofs", "virtio_net"} <= set(early)
     dropin = (files / "etc/systemd/system/cloud-init-local.service.d/outband-seed.conf").read_text()
     assert "After=systemd-modules-load.service\n" in dropin
     assert "ExecStartPre=/bin/sh /usr/local/lib/outband/wait-for-seed\n" in dropin

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -82,9 +84,6 @@ def test_no_database_in_time_is_a_clear_failure(monkeypatch):
 
 
 def test_synapses_dependency_check_is_skipped_only_where_it_exists(monkeypatch):
-    import sys
-    import types
-
     checked: list[object] = []
     module = types.ModuleType("synapse.util.check_dependencies")
     module.check_requirements = lambda extra=None: checked.append(extra)
