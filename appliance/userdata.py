@@ -1,43 +1,35 @@
-"""The user-data contract (operator → appliance): schema, validation, jinja2 rendering, NoCloud seed.
+"""The user-data contract (operator → appliance): validation, jinja2 rendering, NoCloud seed.
 
-Schema v1 — the `launch.json` the appliance's first-boot unit reads:
-    schema         1
-    name           appliance name (hostname)
-    domain         D: server_name; matrix.D, element.D, riot.D are derived
-    contact_email  ACME account e-mail
-    acme           {directory: https URL, ca_pem: PEM of the ACME API's CA or null}
-    public_ip      the address clients reach (coturn external-ip), optional
-    private_ip     the appliance's own address behind NAT, optional
-    secrets        signing_key, macaroon, form, registration_shared, turn, db_password
-The SSH host key and the operator's public key travel in cloud-init's own keys (ssh_keys,
-ssh_authorized_keys), so cloud-init installs them before sshd starts.
+The contract's schema and its shared constants live in one file, read here through
+appliance/contract.py and on the appliance by first boot (the same JSON Schema on both sides):
+images/files/usr/local/lib/outband/contract.json. The SSH host key and the operator's public key
+travel in cloud-init's own keys (ssh_keys, ssh_authorized_keys), so cloud-init installs them before
+sshd starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import ipaddress
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+import idna
 import jinja2
 import pycdlib
 import yaml
 
+from appliance import contract as contract_file
+from appliance import log
 from appliance.errors import ExitStatus, die
 from appliance.secrets import LaunchSecrets, SshKeyPair
 
-SCHEMA = 1
 TEMPLATES = Path(__file__).parent / "templates"
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-DOMAIN = re.compile(rf"^(?=.{{1,200}}$){_LABEL}(\.{_LABEL})+$")
-NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
-EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
-SIGNING_KEY = re.compile(r"^ed25519 a_[A-Za-z0-9]{4} [A-Za-z0-9+/]{43}$")
-SECRET_FIELDS = ("signing_key", "macaroon", "form", "registration_shared", "turn", "db_password")
+NAME = re.compile(contract_file.pattern("name"))
+DOMAIN = re.compile(contract_file.pattern("domain"))
 
 
 def invalid(message: str, hint: str) -> None:
@@ -53,39 +45,22 @@ def validate_name(name: str) -> str:
 
 
 def validate_domain(domain: str) -> str:
-    if not DOMAIN.match(domain or ""):
-        invalid(
-            f"invalid domain {domain!r}", "use a lowercase DNS name with at least two labels, e.g. chat.example.org"
-        )
-    return domain
+    """D as DNS and certificates spell it: an internationalised name becomes its A-label (punycode,
+    IDNA 2008 with UTS #46 mapping, as browsers do), shown once; a trailing dot is dropped."""
+    given = domain or ""
+    name = given.strip().rstrip(".")
+    with contextlib.suppress(idna.IDNAError):  # the pattern below refuses it with the usual hint
+        name = idna.encode(name, uts46=True).decode() if name else name
+    if not DOMAIN.match(name) or len(name) > 200:
+        invalid(f"invalid domain {given!r}", "use a DNS name with at least two labels, e.g. chat.example.org")
+    if name != given.rstrip(".").lower():
+        log.info(f"domain {given!r} is {name} in DNS")
+    return name
 
 
 def validate(contract: dict[str, Any]) -> dict[str, Any]:
     """Check a contract completely before anything is started; one error names the first problem."""
-    if contract.get("schema") != SCHEMA:
-        invalid(f"user-data schema {contract.get('schema')!r} is not supported", f"this Outband writes schema {SCHEMA}")
-    validate_name(contract.get("name", ""))
-    validate_domain(contract.get("domain", ""))
-    if not EMAIL.match(contract.get("contact_email") or ""):
-        invalid(f"invalid contact e-mail {contract.get('contact_email')!r}", "set outband.contact_email")
-    acme = contract.get("acme") or {}
-    if not str(acme.get("directory", "")).startswith("https://"):
-        invalid(f"ACME directory {acme.get('directory')!r} is not an https URL", "set outband.acme.directory")
-    if acme.get("ca_pem") is not None and "BEGIN CERTIFICATE" not in acme["ca_pem"]:
-        invalid("acme.ca_pem is not a PEM certificate", "pass the ACME server's CA certificate")
-    for field in ("public_ip", "private_ip"):
-        if contract.get(field):
-            try:
-                ipaddress.ip_address(contract[field])
-            except ValueError:
-                invalid(f"{field} {contract[field]!r} is not an IP address", "pass an IPv4 or IPv6 address")
-    s = contract.get("secrets") or {}
-    missing = [f for f in SECRET_FIELDS if not isinstance(s.get(f), str) or len(s[f]) < 16]
-    if missing:
-        invalid(f"user-data secrets missing or too short: {', '.join(missing)}", "generate them with appliance.secrets")
-    if not SIGNING_KEY.match(s["signing_key"]):
-        invalid("the Synapse signing key is not in Synapse's file format", "regenerate it")
-    return contract
+    return contract_file.validate(contract)
 
 
 def contract(
@@ -97,14 +72,17 @@ def contract(
     launch_secrets: LaunchSecrets,
     public_ip: str = "",
     private_ip: str = "",
+    await_dns: bool = False,
 ) -> dict[str, Any]:
+    """`await_dns`: first boot waits until the names resolve to the appliance before asking for the
+    certificate (a cloud, where DNS records can only be made once the machine has its address)."""
     return validate(
         {
-            "schema": SCHEMA,
+            "schema": contract_file.SCHEMA_VERSION,
             "name": name,
             "domain": domain,
             "contact_email": contact_email,
-            "acme": {"directory": acme_directory, "ca_pem": acme_ca_pem},
+            "acme": {"directory": acme_directory, "ca_pem": acme_ca_pem, "await_dns": await_dns},
             "public_ip": public_ip,
             "private_ip": private_ip,
             "secrets": launch_secrets.as_dict(),
@@ -124,7 +102,11 @@ def render(contract_: dict[str, Any], host_key: SshKeyPair, operator_public_key:
         keep_trailing_newline=True,
     )
     text = env.get_template("user-data.j2").render(
-        name=contract_["name"], contract=contract_, host_key=host_key, operator_public_key=operator_public_key
+        name=contract_["name"],
+        contract=contract_,
+        contract_path=contract_file.PATHS["contract"],
+        host_key=host_key,
+        operator_public_key=operator_public_key,
     )
     parsed = yaml.safe_load(text)
     written = json.loads(parsed["write_files"][0]["content"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import re
 import sys
@@ -47,8 +48,44 @@ def pem_body(pem: bytes) -> bytes:
     return b"".join(inside)
 
 
-def findings(root: Path, forbidden_cas: list[bytes]) -> list[str]:
+CONTRACT = "usr/local/lib/outband/contract.json"
+RESOLVER_STUB = "../run/systemd/resolve/stub-resolv.conf"
+
+
+def boot_contract(root: Path) -> list[str]:
+    """What every appliance's first boot relies on, whichever image it was baked from: the SSH user
+    the launcher logs in as (with sudo, no password) and a resolver that answers (networkd feeds
+    resolved, resolv.conf points at its stub)."""
     out: list[str] = []
+    try:
+        user = json.loads((root / CONTRACT).read_text())["constants"]["ssh_user"]
+    except (OSError, ValueError, KeyError):
+        return [f"the contract file /{CONTRACT} is missing or unreadable"]
+    passwd = (root / "etc/passwd").read_text() if (root / "etc/passwd").exists() else ""
+    if not any(line.split(":")[0] == user for line in passwd.splitlines()):
+        out.append(f"the SSH user {user!r} does not exist")
+    sudoers = root / "etc/sudoers.d/90-outband"
+    if not sudoers.exists() or user not in sudoers.read_text():
+        out.append(f"the SSH user {user!r} has no sudo rule in /etc/sudoers.d/90-outband")
+    cfg = root / "etc/cloud/cloud.cfg.d/99-outband.cfg"
+    if not cfg.exists() or f"name: {user}" not in cfg.read_text():
+        out.append(f"cloud-init's settings (/etc/cloud/cloud.cfg.d/99-outband.cfg) do not name {user!r}")
+    resolv = root / "etc/resolv.conf"
+    if not resolv.is_symlink() or str(resolv.readlink()) != RESOLVER_STUB:
+        out.append(f"/etc/resolv.conf does not point at systemd-resolved's stub ({RESOLVER_STUB})")
+    wants = list((root / "etc/systemd/system").glob("*.wants"))
+    for unit in ("systemd-resolved.service", "systemd-networkd.service"):
+        # is_symlink: the links point into the image (/usr/lib/…), not at this machine's files.
+        if not any((w / unit).is_symlink() or (w / unit).exists() for w in wants):
+            out.append(f"{unit} is not enabled")
+    for leftover in ("etc/network/interfaces.d/50-cloud-init", "etc/netplan/50-cloud-init.yaml"):
+        if (root / leftover).exists():
+            out.append(f"the build machine's network config is left: /{leftover}")
+    return out
+
+
+def findings(root: Path, forbidden_cas: list[bytes]) -> list[str]:
+    out: list[str] = boot_contract(root)
 
     for key in sorted((root / "etc/ssh").glob("ssh_host_*")):
         out.append(f"SSH host key present: /{key.relative_to(root)}")

@@ -11,7 +11,7 @@ rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed"
 
 # Networking: systemd-networkd (rendered by cloud-init), resolved for DNS.
 mkdir -p "$root/etc/cloud/cloud.cfg.d"
-cp "$(dirname "$0")/cloud.cfg" "$root/etc/cloud/cloud.cfg.d/90-outband.cfg"
+cp "$(dirname "$0")/cloud.cfg" "$root/etc/cloud/cloud.cfg.d/90-local-base.cfg"
 chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
 # No login prompt on a VGA console nobody looks at; the serial console keeps one.
 chroot "$root" systemctl disable getty@tty1.service >/dev/null 2>&1 || true

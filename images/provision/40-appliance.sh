@@ -4,10 +4,23 @@
 # Services are enabled here and started by first boot, once their configs exist.
 set -eu
 cp -r "$OUTBAND_STAGE/files/." /
-chmod 0755 /usr/local/lib/outband/firstboot.py /etc/letsencrypt/renewal-hooks/deploy/outband
-chmod 0644 /usr/local/lib/outband/synapse-start.py
-chmod 0644 /etc/systemd/system/*.service /etc/nftables.conf
+chmod 0755 /usr/local/lib/outband/firstboot.py /usr/local/lib/outband/render-static \
+  /etc/letsencrypt/renewal-hooks/deploy/outband
+chmod 0644 /usr/local/lib/outband/synapse-start.py /usr/local/lib/outband/contract.json
+chmod 0644 /etc/systemd/system/*.service
 install -d -o root -g root -m 0700 /etc/outband
+# The firewall and cloud-init's settings, from their templates and the contract's constants.
+/usr/local/lib/outband/render-static
+# One boot contract on every path, whatever the starting image had: the SSH user the launcher logs
+# in as (cloud-init gives it the launch's keys), networkd + resolved for the network and names.
+ssh_user=$(python3 -c 'import json; print(json.load(open("/usr/local/lib/outband/contract.json"))["constants"]["ssh_user"])')
+id "$ssh_user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash --groups adm,sudo \
+  --comment "Outband operator" "$ssh_user"
+usermod -p '*' "$ssh_user"
+printf '# Outband: the operator (SSH keys only, no password).\n%s ALL=(ALL) NOPASSWD:ALL\n' "$ssh_user" \
+  > /etc/sudoers.d/90-outband
+chmod 0440 /etc/sudoers.d/90-outband
+systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
 # PostgreSQL listens on localhost only, so it need not wait for network.target, which this image
 # reaches only after cloud-init's local stage: first boot waits for the database. A drop-in cannot
 # remove an ordering, so the unit is Debian's own minus that line, made from the installed one at

@@ -3,7 +3,7 @@
 # Seal, last on every path: remove everything that is per-machine, per-build or secret, then run
 # the gate, which fails the bake if any private key, secret, authorized key or extra CA remains.
 set -eu
-rm -f /usr/sbin/policy-rc.d
+rm -f /usr/sbin/policy-rc.d /etc/dpkg/dpkg.cfg.d/outband-build
 # Build-time trust goes: the image trusts Debian's CA list only.
 rm -rf /usr/local/share/ca-certificates/outband-build
 update-ca-certificates --fresh >/dev/null 2>&1
@@ -18,6 +18,9 @@ apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 # cloud-init state from a build VM, and identity: each launch is a first boot.
 rm -rf /var/lib/cloud/* /run/cloud-init 2>/dev/null || true
+# The build machine's network, as cloud-init wrote it for that instance: each launch renders its own.
+rm -f /etc/network/interfaces.d/50-cloud-init* /etc/systemd/network/10-cloud-init-*.network \
+  /etc/netplan/50-cloud-init.yaml
 # Empty, not "uninitialized": systemd still makes a new ID at each appliance's first start, but
 # does not treat it as a "first boot" (machine-id(5)), whose preset pass over every unit file and
 # systemd-firstboot cost seconds of emulated CPU before any unit starts and change nothing here
@@ -41,5 +44,5 @@ stage="$OUTBAND_STAGE"
 forbid=""
 for ca in "$stage"/extra-ca/*.crt; do [ -f "$ca" ] && forbid="$forbid $(base64 -w0 < "$ca")"; done
 rm -rf "$stage" /tmp/* 2>/dev/null || true
-# shellcheck disable=SC2086
+# shellcheck disable=SC2046,SC2086 # the flags and their values are meant to split into words
 python3 -c "$gate" --root / $(for b in $forbid; do printf -- '--forbid-ca-b64 %s ' "$b"; done)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from appliance.targets import local
+from appliance.wait import Clock
 from tests.conftest import load_script
 
 firstboot = load_script("images/files/usr/local/lib/outband/firstboot.py", "firstboot")
@@ -15,11 +16,6 @@ NOISE = "\x1b[0;32m  OK  \x1b[0m] Started ssh.service\r\nDebian GNU/Linux 13 alp
 
 def console(*lines: str) -> str:
     return NOISE + "".join(f"[   61.2] firstboot.py[412]: {line}\r\n" for line in lines) + NOISE
-
-
-def test_both_sides_agree_on_the_lines():
-    assert f"outband-firstboot: {firstboot.DONE}" == local.FIRSTBOOT_DONE
-    assert f"outband-firstboot: {firstboot.FAILED}" == local.FIRSTBOOT_FAILED
 
 
 def test_no_log_yet_or_still_running_is_none(tmp_path):
@@ -80,13 +76,6 @@ def test_ssh_check_reports_a_skipped_failed_or_finished_first_boot(monkeypatch):
     assert local.LocalTarget.check_firstboot(None) == "ok"
 
 
-def test_verify_reads_the_marker_first_boot_writes():
-    """verify accepts a skipped first boot (a reboot) only with the marker first boot leaves."""
-    from tests.infra import test_appliance
-
-    assert str(firstboot.MARKER) == test_appliance.FIRST_BOOT_MARKER
-
-
 class FakeBoot:
     """The launcher's view of a booting appliance, on a fake clock: the console reports first boot's
     outcome at `reports_at` (never if None); SSH answers from `ssh_at`. Records when SSH was tried."""
@@ -94,14 +83,17 @@ class FakeBoot:
     def __init__(self, monkeypatch, tmp_path, reports_at: float | None, ssh_at: float = 30.0):
         self.now, self.ssh_tries, self.reports_at, self.ssh_at = 0.0, [], reports_at, ssh_at
         self.serial = tmp_path / "serial.log"
-        monkeypatch.setattr(local.time, "monotonic", lambda: self.now)
-        monkeypatch.setattr(local.time, "sleep", self.sleep)
         monkeypatch.setattr(local.qemu, "alive", lambda pid: True)
         monkeypatch.setattr(local.LocalTarget, "probe_ssh", staticmethod(self.probe_ssh))
         monkeypatch.setattr(local.LocalTarget, "serves_matrix", staticmethod(lambda *a: True))
         monkeypatch.setattr(local.LocalTarget, "check_firstboot", staticmethod(lambda record: "ok"))
         self.record = type("Record", (), {"data": {"address": "127.0.100.9", "domain": "a.test"}})()
         self.record.path = lambda name: tmp_path / name
+
+    def target(self) -> local.LocalTarget:
+        target = object.__new__(local.LocalTarget)
+        target.clock = Clock(now=lambda: self.now, sleep=self.sleep)
+        return target
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
@@ -117,7 +109,7 @@ class FakeBoot:
 def test_launch_leaves_ssh_alone_until_first_boot_reports(monkeypatch, tmp_path):
     """SSH handshakes cost the busy emulated guest CPU: a launch's first comes after the report."""
     boot = FakeBoot(monkeypatch, tmp_path, reports_at=65.0)
-    local.LocalTarget.wait_healthy(object.__new__(local.LocalTarget), boot.record, pid=1)
+    boot.target().wait_healthy(boot.record, pid=1)
     assert boot.ssh_tries and min(boot.ssh_tries) >= 65.0
     assert len(boot.ssh_tries) == 1
 
@@ -125,11 +117,11 @@ def test_launch_leaves_ssh_alone_until_first_boot_reports(monkeypatch, tmp_path)
 def test_a_silent_console_gets_ssh_after_a_while(monkeypatch, tmp_path):
     """A first boot that never reports (it did not run, or hangs) is asked over SSH, not waited on."""
     boot = FakeBoot(monkeypatch, tmp_path, reports_at=None)
-    local.LocalTarget.wait_healthy(object.__new__(local.LocalTarget), boot.record, pid=1)
+    boot.target().wait_healthy(boot.record, pid=1)
     assert min(boot.ssh_tries) >= local.QUIET_CONSOLE_SECONDS
 
 
 def test_a_bare_boot_probes_ssh_at_once(monkeypatch, tmp_path):
     boot = FakeBoot(monkeypatch, tmp_path, reports_at=None, ssh_at=40.0)
-    local.LocalTarget.wait_healthy(object.__new__(local.LocalTarget), boot.record, pid=1, ssh_only=True)
+    boot.target().wait_healthy(boot.record, pid=1, ssh_only=True)
     assert min(boot.ssh_tries) < 1 and boot.now >= 40.0

@@ -8,21 +8,31 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from tests.conftest import REPO, load_script
+from tests.conftest import load_script
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures/render").glob("*.json"))
 firstboot = load_script("images/files/usr/local/lib/outband/firstboot.py", "firstboot")
 
 
+render_static = load_script("images/files/usr/local/lib/outband/render-static", "render_static")
+# What first boot and render-static pass every template besides a case's own args.
+SHARED = {
+    "ports": firstboot.CONSTANTS["ports"],
+    "relay": firstboot.CONSTANTS["relay_ports"],
+    "metadata": firstboot.CONSTANTS["metadata"]["address"],
+    "ssh_user": firstboot.CONSTANTS["ssh_user"],
+}
+
+
 @pytest.fixture(scope="module")
 def env() -> jinja2.Environment:
-    return firstboot.template_env(firstboot.TEMPLATES_IN_REPO)
+    return firstboot.template_env()
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.stem for f in FIXTURES])
 def test_render(env, fixture):
     case = json.loads(fixture.read_text())
-    text = env.get_template(case["template"]).render(**case["args"])
+    text = env.get_template(case["template"]).render(**{**SHARED, **case["args"]})
     for expected in case.get("contains", []):
         assert expected in text, expected
     for unexpected in case.get("absent", []):
@@ -36,7 +46,7 @@ def test_render(env, fixture):
 def test_homeserver_yaml_is_valid_yaml(env):
     import yaml
 
-    config = yaml.safe_load(env.get_template("homeserver.yaml.j2").render(domain="a.example.org"))
+    config = yaml.safe_load(env.get_template("homeserver.yaml.j2").render(domain="a.example.org", **SHARED))
     assert config["listeners"][0]["bind_addresses"] == ["127.0.0.1"]
     assert config["database"]["args"]["host"] == "127.0.0.1"
 
@@ -57,9 +67,20 @@ def test_every_denied_range_is_a_valid_range():
         assert must in joined
 
 
-def test_templates_dir_matches_the_image_path():
-    assert Path("/usr/local/lib/outband/templates") == firstboot.TEMPLATES
-    assert (REPO / "images/files/usr/local/lib/outband/templates").is_dir()
+def test_bake_time_configs_render_from_the_contract(tmp_path):
+    """render-static (run by 40-appliance.sh) writes the firewall and cloud-init's settings."""
+    render_static.main(tmp_path)
+    rules = (tmp_path / "etc/nftables.conf").read_text()
+    ports = firstboot.CONSTANTS["ports"]
+    assert f"tcp dport {ports['ssh']} accept" in rules
+    assert f"udp dport {min(firstboot.CONSTANTS['relay_ports'].values())}-" in rules
+    assert "{{" not in rules
+    import yaml
+
+    cloud = yaml.safe_load((tmp_path / "etc/cloud/cloud.cfg.d/99-outband.cfg").read_text())
+    assert cloud["system_info"]["default_user"]["name"] == firstboot.CONSTANTS["ssh_user"]
+    assert cloud["datasource_list"][:2] == ["NoCloud", "DigitalOcean"]
+    assert cloud["disable_root"] is True
 
 
 def test_homeserver_yaml_is_written_last(monkeypatch):
@@ -67,8 +88,8 @@ def test_homeserver_yaml_is_written_last(monkeypatch):
     written: list[str] = []
     monkeypatch.setattr(firstboot, "write", lambda path, *args, **kwargs: written.append(Path(path).name))
     monkeypatch.setattr(firstboot.Path, "chmod", lambda self, mode: None)
-    env = firstboot.template_env(firstboot.TEMPLATES_IN_REPO)
-    contract = {"domain": "a.test", "public_ip": "192.0.2.1", "secrets": dict.fromkeys(firstboot.SECRET_NAMES, "x")}
+    env = firstboot.template_env()
+    contract = {"domain": "a.test", "public_ip": "192.0.2.1", "secrets": dict.fromkeys(["turn"], "x")}
     firstboot.render_configs(contract, env)
     assert written[-1] == "homeserver.yaml"
     assert "log.yaml" in written

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import trustme
 
 from appliance import secrets
-from tests.conftest import load_script
+from tests.conftest import REPO, load_script
 
 gate = load_script("images/seal-gate.py", "seal_gate")
+render_static = load_script("images/files/usr/local/lib/outband/render-static", "render_static_gate")
 
 
 @pytest.fixture
@@ -31,7 +33,52 @@ def tree(tmp_path: Path) -> Path:
     (root / "etc/shadow").write_text("root:*:20000:0:99999:7:::\nsynapse:!:20000::::::\n")
     (root / "etc/ssl/certs/ca-certificates.crt").write_text(trustme.CA().cert_pem.bytes().decode())
     (root / "etc/ssh/sshd_config").write_text("PasswordAuthentication no\n")
+    # The boot contract, as 40-appliance.sh and 90-seal.sh leave it.
+    shutil.copytree(REPO / "images/files/usr/local/lib/outband", root / "usr/local/lib/outband")
+    render_static.main(root)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\noutband:x:1000:1000::/home/outband:/bin/bash\n")
+    (root / "etc/sudoers.d").mkdir(parents=True)
+    (root / "etc/sudoers.d/90-outband").write_text("outband ALL=(ALL) NOPASSWD:ALL\n")
+    (root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    for wants, unit in (("sysinit.target.wants", "systemd-resolved"), ("multi-user.target.wants", "systemd-networkd")):
+        (root / "etc/systemd/system" / wants).mkdir(parents=True, exist_ok=True)
+        (root / "etc/systemd/system" / wants / f"{unit}.service").symlink_to(f"/usr/lib/systemd/system/{unit}.service")
     return root
+
+
+@pytest.mark.parametrize(
+    ("breakage", "finding"),
+    [
+        (
+            lambda t: (t / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\n"),
+            "the SSH user 'outband' does not exist",
+        ),
+        (lambda t: (t / "etc/sudoers.d/90-outband").unlink(), "has no sudo rule"),
+        (lambda t: (t / "etc/cloud/cloud.cfg.d/99-outband.cfg").unlink(), "cloud-init's settings"),
+        (
+            lambda t: ((t / "etc/resolv.conf").unlink(), (t / "etc/resolv.conf").write_text("nameserver 10.0.2.3\n")),
+            "stub",
+        ),
+        (
+            lambda t: (t / "etc/systemd/system/sysinit.target.wants/systemd-resolved.service").unlink(),
+            "resolved.service",
+        ),
+        (
+            lambda t: (
+                (t / "etc/network/interfaces.d").mkdir(parents=True),
+                (t / "etc/network/interfaces.d/50-cloud-init").write_text("x"),
+            ),
+            "network config is left",
+        ),
+    ],
+    ids=["no-user", "no-sudo", "no-cloud-cfg", "resolv-file", "no-resolved", "build-network"],
+)
+def test_the_boot_contract_is_checked(tree, breakage, finding):
+    """Every appliance's first boot needs the SSH user and a working resolver, on every bake path
+    (a cloud's stock image has neither of Outband's): the gate fails a bake without them."""
+    breakage(tree)
+    problems = gate.findings(tree, [])
+    assert any(finding in p for p in problems), problems
 
 
 def test_a_sealed_tree_passes(tree):

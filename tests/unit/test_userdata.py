@@ -7,6 +7,7 @@ import pycdlib
 import pytest
 import yaml
 
+from appliance import contract as contract_file
 from appliance import secrets, userdata
 from appliance.errors import ExitStatus, OutbandError
 
@@ -42,7 +43,7 @@ def test_rendered_user_data_is_cloud_config_carrying_the_contract(contract):
     assert parsed["ssh_keys"]["ed25519_public"] == host.public_openssh
     assert parsed["ssh_authorized_keys"] == [operator.public_openssh]
     (launch_file,) = parsed["write_files"]
-    assert launch_file["path"] == "/etc/outband/launch.json"
+    assert launch_file["path"] == contract_file.PATHS["contract"]
     assert launch_file["permissions"] == "0600"
     assert json.loads(launch_file["content"]) == contract
 
@@ -61,41 +62,70 @@ def test_contract_survives_yaml_special_characters(launch_secrets):
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
+    ("change", "where"),
     [
-        ("domain", "Not_A_Domain", "invalid domain"),
-        ("domain", "localhost", "invalid domain"),
-        ("domain", "-bad.example.org", "invalid domain"),
-        ("name", "UPPER", "invalid appliance name"),
-        ("name", "a", "invalid appliance name"),
-        ("contact_email", "nobody", "invalid contact e-mail"),
-        ("schema", 2, "schema 2 is not supported"),
-        ("public_ip", "300.1.1.1", "is not an IP address"),
+        ({"domain": "Not_A_Domain"}, "$.domain"),
+        ({"domain": "localhost"}, "$.domain"),
+        ({"domain": "-bad.example.org"}, "$.domain"),
+        ({"name": "UPPER"}, "$.name"),
+        ({"name": "a"}, "$.name"),
+        ({"contact_email": "nobody"}, "$.contact_email"),
+        ({"schema": 1}, "$.schema"),
+        ({"public_ip": "300.1.1.1"}, "$.public_ip"),
+        ({"acme": {"directory": "http://acme.example/dir", "ca_pem": None}}, "$.acme.directory"),
+        ({"surprise": True}, "$"),
     ],
 )
-def test_validation_rejects_bad_input_with_a_hint(contract, field, value, message):
-    bad = {**contract, field: value}
+def test_the_schema_rejects_a_bad_contract_naming_the_field(contract, change, where):
     with pytest.raises(OutbandError) as err:
-        userdata.validate(bad)
-    assert message in err.value.message
-    assert err.value.hint
+        userdata.validate({**contract, **change})
+    assert err.value.message.startswith(f"launch contract: {where} ")
+    assert err.value.hint and "contract.json" in err.value.hint
     assert err.value.status == ExitStatus.USAGE
 
 
-def test_validation_rejects_plain_http_acme(contract):
-    with pytest.raises(OutbandError, match="not an https URL"):
-        userdata.validate({**contract, "acme": {"directory": "http://acme.example/dir", "ca_pem": None}})
-
-
 @pytest.mark.parametrize("field", ["signing_key", "macaroon", "turn", "db_password"])
-def test_validation_rejects_missing_or_short_secrets(contract, field):
-    with pytest.raises(OutbandError, match=field):
-        userdata.validate({**contract, "secrets": {**contract["secrets"], field: "short"}})
+def test_a_short_or_malformed_secret_is_named_but_never_shown(contract, field):
+    bad = {
+        **contract,
+        "secrets": {**contract["secrets"], field: "short-secret-xyz"[: 10 if field != "signing_key" else 16]},
+    }
+    with pytest.raises(OutbandError) as err:
+        userdata.validate(bad)
+    assert f"$.secrets.{field}" in err.value.message
+    assert bad["secrets"][field] not in str(err.value)
 
 
-def test_validation_rejects_a_signing_key_in_the_wrong_format(contract):
-    with pytest.raises(OutbandError, match="signing key"):
-        userdata.validate({**contract, "secrets": {**contract["secrets"], "signing_key": "x" * 60}})
+def test_the_appliance_reads_the_same_schema_and_agrees(contract):
+    """First boot validates with the same file (and Debian's jsonschema): what the operator's side
+    accepts, it accepts; what it refuses, it refuses at the same place."""
+    from tests.conftest import load_script
+
+    firstboot = load_script("images/files/usr/local/lib/outband/firstboot.py", "firstboot_schema")
+    assert firstboot.contract_problems(contract) == []
+    broken = {**contract, "secrets": {**contract["secrets"], "turn": "x"}}
+    (problem,) = firstboot.contract_problems(broken)
+    assert problem.startswith("$.secrets.turn ") and broken["secrets"]["turn"] not in problem.split(" ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("given", "dns"),
+    [
+        ("chat.example.org.", "chat.example.org"),
+        ("Chat.Example.ORG", "chat.example.org"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("出事.例え.jp", "xn--3kq96f.xn--r8jz45g.jp"),  # RFC 3492 punycode of each label
+    ],
+)
+def test_domains_are_taken_as_dns_spells_them(given, dns):
+    assert userdata.validate_domain(given) == dns
+
+
+@pytest.mark.parametrize("given", ["", "localhost", "a..b", "-x.example.org", "x_y.example.org", "a b.example.org"])
+def test_an_invalid_domain_is_a_usage_error_with_a_hint(given):
+    with pytest.raises(OutbandError) as err:
+        userdata.validate_domain(given)
+    assert "invalid domain" in err.value.message and err.value.hint and err.value.status == ExitStatus.USAGE
 
 
 def test_operator_key_must_be_an_openssh_public_key(contract):

@@ -20,18 +20,22 @@ import pwd
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import jinja2
 
-CONTRACT = Path("/etc/outband/launch.json")
-MARKER = Path("/var/lib/outband/configured")
-TEMPLATES = Path("/usr/local/lib/outband/templates")
-TEMPLATES_IN_REPO = Path(__file__).resolve().parent / "templates"  # for the renderer tests
-SECRETS = Path("/etc/synapse/secrets")
-SCHEMA = 1
-SECRET_NAMES = ("signing_key", "macaroon", "form", "registration_shared", "turn", "db_password")
+HERE = Path(__file__).resolve().parent
+# The one contract file (installed beside this script): the launch contract's JSON Schema and the
+# constants the operator's side uses too (appliance/contract.py reads the same file).
+SHARED = json.loads((HERE / "contract.json").read_text())
+CONSTANTS = SHARED["constants"]
+PATHS = CONSTANTS["paths"]
+CONTRACT = Path(PATHS["contract"])
+MARKER = Path(PATHS["configured_marker"])
+TEMPLATES = HERE / "templates"
+SECRETS = Path(PATHS["secrets_dir"])
 # coturn must never relay into these (anchors: synapse coturn docs, CVE-2020-26262).
 DENIED_PEER_IPS = [
     "0.0.0.0-0.255.255.255",
@@ -75,7 +79,7 @@ USER_DATA_COPIES = [
 
 
 def say(message: str) -> None:
-    print(f"outband-firstboot: {message}", flush=True)
+    print(CONSTANTS["console"]["prefix"] + message, flush=True)
 
 
 def run(*argv: str, input: str | None = None, env: dict[str, str] | None = None, user: str | None = None) -> None:
@@ -108,18 +112,32 @@ def write(path: Path, content: str, owner: str = "root", group: str = "root", mo
     tmp.replace(path)
 
 
+def contract_problems(contract: dict) -> list[str]:
+    """Where the contract breaks the shared schema, without its values (they may be secrets).
+    jsonschema is Debian's python3-jsonschema, which cloud-init depends on."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(SHARED["schema"], format_checker=jsonschema.FormatChecker())
+    problems = []
+    for error in validator.iter_errors(contract):
+        why = error.message if error.validator == "required" else f"fails the schema's {error.validator!r} check"
+        problems.append(f"{error.json_path} {why}")
+    return sorted(problems)
+
+
 def load_contract() -> dict:
     contract = json.loads(CONTRACT.read_text())
-    if contract.get("schema") != SCHEMA:
-        raise SystemExit(f"launch contract schema {contract.get('schema')!r} is not {SCHEMA}")
-    missing = [k for k in ("domain", "contact_email", "acme", "secrets") if k not in contract]
-    missing += [f"secrets.{k}" for k in SECRET_NAMES if k not in contract.get("secrets", {})]
-    if missing:
-        raise SystemExit("launch contract lacks " + ", ".join(missing))
+    problems = contract_problems(contract)
+    if problems:
+        raise SystemExit("the launch contract is not valid: " + "; ".join(problems))
     return contract
 
 
-METADATA_PUBLIC_IPV4 = "http://169.254.169.254/metadata/v1/interfaces/public/0/ipv4/address"
+def names(domain: str) -> list[str]:
+    return [prefix + domain for prefix in CONSTANTS["name_prefixes"]]
+
+
+METADATA_PUBLIC_IPV4 = CONSTANTS["metadata"]["public_ipv4"]
 
 
 def discover_public_ip(c: dict) -> None:
@@ -130,7 +148,7 @@ def discover_public_ip(c: dict) -> None:
     import urllib.request  # here: only a cloud needs it, and its import costs seconds under emulation
 
     try:
-        with urllib.request.urlopen(METADATA_PUBLIC_IPV4, timeout=2) as response:
+        with urllib.request.urlopen(METADATA_PUBLIC_IPV4, timeout=2) as response:  # noqa: S310 -- a fixed http URL
             c["public_ip"] = response.read().decode().strip()
             say(f"public address from the metadata service: {c['public_ip']}")
     except OSError:
@@ -151,7 +169,13 @@ def write_secrets(c: dict) -> None:
 
 def render_configs(c: dict, env: jinja2.Environment) -> None:
     d = c["domain"]
-    values = {"domain": d, "public_ip": c.get("public_ip", ""), "private_ip": c.get("private_ip", "")}
+    values = {
+        "domain": d,
+        "public_ip": c.get("public_ip", ""),
+        "private_ip": c.get("private_ip", ""),
+        "ports": CONSTANTS["ports"],
+        "relay": CONSTANTS["relay_ports"],
+    }
     write(Path("/etc/synapse/log.yaml"), env.get_template("log.yaml.j2").render(values), "root", "synapse", 0o640)
     write(
         Path("/etc/turnserver.conf"),
@@ -163,18 +187,18 @@ def render_configs(c: dict, env: jinja2.Environment) -> None:
         0o640,
     )
     write(
-        Path("/etc/outband/web/config.json"),
+        Path(PATHS["webclient_config"]),
         env.get_template("webclient-config.json.j2").render(values),
         "root",
         "root",
         0o644,
     )
-    Path("/etc/outband/web").chmod(0o755)
+    Path(PATHS["webclient_config"]).parent.chmod(0o755)
     Path("/etc/outband").chmod(0o711)
     # Last: its existence is what lets Synapse start (its unit's condition), and Synapse reads what
     # it names (log.yaml, the secrets) at once.
     write(
-        Path("/etc/synapse/homeserver.yaml"),
+        Path(PATHS["homeserver_config"]),
         env.get_template("homeserver.yaml.j2").render(values),
         "root",
         "synapse",
@@ -184,29 +208,27 @@ def render_configs(c: dict, env: jinja2.Environment) -> None:
 
 def render_site(c: dict, env: jinja2.Environment, tls: bool) -> None:
     site = Path("/etc/nginx/sites-available/outband.conf")
-    write(site, env.get_template("nginx-site.conf.j2").render(domain=c["domain"], tls=tls), mode=0o644)
+    text = env.get_template("nginx-site.conf.j2").render(domain=c["domain"], tls=tls, ports=CONSTANTS["ports"])
+    write(site, text, mode=0o644)
     enabled = Path("/etc/nginx/sites-enabled/outband.conf")
     if not enabled.exists():
         enabled.symlink_to(site)
 
 
-# Synapse refuses a database whose collation/ctype is not exactly C. Idempotent.
-ROLE_AND_DATABASE_SQL = """
-SELECT 'CREATE ROLE synapse LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'synapse')\\gexec
-SELECT 'CREATE DATABASE synapse OWNER synapse ENCODING ''UTF8'' LC_COLLATE ''C'' LC_CTYPE ''C'' TEMPLATE template0'
-  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'synapse')\\gexec
-"""
+DATABASE_WAIT_SECONDS = 120
 
 
-def create_database(c: dict) -> None:
-    for _ in range(120):
-        if subprocess.run(["pg_isready", "-q", "-h", "/var/run/postgresql"], check=False).returncode == 0:
-            break
+def set_database_password(c: dict) -> None:
+    """The role and its database are made at bake time (images/provision/25-synapse-db.sh), without
+    a password: only this launch's password is set here."""
+    deadline = time.monotonic() + DATABASE_WAIT_SECONDS
+    while subprocess.run(["pg_isready", "-q", "-h", "/var/run/postgresql"], check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"PostgreSQL did not accept connections within {DATABASE_WAIT_SECONDS} s")
         time.sleep(0.5)
     password = c["secrets"]["db_password"].replace("'", "''")
-    # The password is ours (URL-safe random) and quoted anyway; psql reads it on stdin, not argv.
-    sql = ROLE_AND_DATABASE_SQL + f"ALTER ROLE synapse WITH LOGIN PASSWORD '{password}';\n"
-    # As the postgres user (peer authentication); -X: no psqlrc.
+    # The password is ours (URL-safe random, the schema's pattern) and quoted anyway; psql reads it
+    # on stdin, not argv. ON_ERROR_STOP: a missing role is an error, not a notice.
     run(
         "psql",
         "-X",
@@ -215,10 +237,44 @@ def create_database(c: dict) -> None:
         "ON_ERROR_STOP=1",
         "-f",
         "-",
-        input=sql,
+        input=f"ALTER ROLE synapse WITH LOGIN PASSWORD '{password}';\n",
         user="postgres",
         env={"HOME": "/var/lib/postgresql"},
     )
+
+
+DNS_WAIT_SECONDS = 15 * 60
+
+
+def await_dns(c: dict) -> None:
+    """Until every name resolves to this appliance's public address, before the certificate is asked
+    for: a cloud's DNS records are made once the machine has an address, and a CA that sees a name
+    missing (NXDOMAIN) fails the order and caches that answer (Let's Encrypt: up to a minute).
+    Bounded, with back-off; each change of what DNS says is reported on the console."""
+    import socket
+
+    wanted = c.get("public_ip")
+    if not wanted:
+        raise SystemExit("acme.await_dns needs this appliance's public address (none from the contract or metadata)")
+    deadline, delay, last = time.monotonic() + DNS_WAIT_SECONDS, 2.0, None
+    while True:
+        seen = {}
+        for name in names(c["domain"]):
+            try:
+                seen[name] = sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)})
+            except OSError as e:
+                seen[name] = [f"({e.strerror or e})"]
+        if all(v == [wanted] for v in seen.values()):
+            say(f"DNS: every name resolves to {wanted}")
+            return
+        report = ", ".join(f"{n} → {' '.join(v)}" for n, v in seen.items() if v != [wanted])
+        if report != last:
+            say(f"{CONSTANTS['console']['progress']} waiting for DNS ({report})")
+            last = report
+        if time.monotonic() > deadline:
+            raise SystemExit(f"DNS did not point every name at {wanted} within {DNS_WAIT_SECONDS // 60} min: {report}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 30.0)
 
 
 CERTBOT_ATTEMPTS = 3
@@ -232,9 +288,8 @@ def certbot_command(c: dict) -> tuple[list[str], dict[str, str]]:
     env = {}
     if acme.get("ca_pem"):
         # A private ACME CA (the local target's pebble): trust its API's certificate for certbot only.
-        write(Path("/etc/outband/acme-ca.pem"), acme["ca_pem"], mode=0o644)
-        env["REQUESTS_CA_BUNDLE"] = "/etc/outband/acme-ca.pem"
-    names = [d, f"matrix.{d}", f"element.{d}", f"riot.{d}"]
+        write(Path(PATHS["acme_ca"]), acme["ca_pem"], mode=0o644)
+        env["REQUESTS_CA_BUNDLE"] = PATHS["acme_ca"]
     argv = [
         "certbot",
         "certonly",
@@ -258,33 +313,53 @@ def certbot_command(c: dict) -> tuple[list[str], dict[str, str]]:
         "-m",
         c["contact_email"],
     ]
-    for name in names:
+    for name in names(d):
         argv += ["-d", name]
     return argv, env
 
 
-def start_certificate(command: tuple[list[str], dict[str, str]]) -> subprocess.Popen:
-    """certbot in the background: the certificate needs nothing of what first boot does meanwhile
-    (secrets, database role, configs), and is the longest step left of a launch."""
-    argv, env = command
-    say("running " + " ".join(argv))
-    return subprocess.Popen(argv, text=True, env={**os.environ, **env})
+class Certificate:
+    """certbot in the background from the start of first boot: the certificate needs nothing of
+    what first boot does meanwhile (secrets, database password, configs), and is the longest step
+    left of a launch. Where the contract says so (a cloud, whose DNS records are made once the
+    machine has an address), it first waits for DNS to point at this appliance."""
 
+    def __init__(self, c: dict):
+        self.c = c
+        self.argv, self.env = certbot_command(c)
+        self.code: int | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._first_attempt, daemon=True)
 
-def finish_certificate(command: tuple[list[str], dict[str, str]], first: subprocess.Popen) -> None:
-    """Wait for the background certbot; retry in the foreground (ACME CAs have transient failures)."""
-    if first.wait() == 0:
-        return
-    argv, env = command
-    for attempt in range(2, CERTBOT_ATTEMPTS + 1):
-        time.sleep(5 * (attempt - 1))
-        say(f"certbot failed; attempt {attempt} of {CERTBOT_ATTEMPTS}")
+    def start(self) -> Certificate:
+        self.thread.start()
+        return self
+
+    def _first_attempt(self) -> None:
         try:
-            run(*argv, env=env)
+            if self.c["acme"].get("await_dns"):
+                await_dns(self.c)
+            say("running " + " ".join(self.argv))
+            self.code = subprocess.run(self.argv, text=True, env={**os.environ, **self.env}, check=False).returncode
+        except BaseException as e:  # re-raised in finish(), in first boot's own thread
+            self.error = e
+
+    def finish(self) -> None:
+        """Wait for the first attempt; retry in the foreground (ACME CAs have transient failures)."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        if self.code == 0:
             return
-        except subprocess.CalledProcessError:
-            if attempt == CERTBOT_ATTEMPTS:
-                raise
+        for attempt in range(2, CERTBOT_ATTEMPTS + 1):
+            time.sleep(5 * (attempt - 1))
+            say(f"certbot failed; attempt {attempt} of {CERTBOT_ATTEMPTS}")
+            try:
+                run(*self.argv, env=self.env)
+                return
+            except subprocess.CalledProcessError:
+                if attempt == CERTBOT_ATTEMPTS:
+                    raise
 
 
 def remove_user_data() -> None:
@@ -320,8 +395,8 @@ def template_env(templates: Path = TEMPLATES) -> jinja2.Environment:
 
 # The launcher watches the serial console for these two lines (this unit's output goes to the
 # console too): it learns the outcome without polling over SSH, which costs the guest CPU.
-DONE = "appliance configured"
-FAILED = "first boot failed:"
+DONE = CONSTANTS["console"]["done"]
+FAILED = CONSTANTS["console"]["failed"]
 
 
 def configure() -> str:
@@ -332,18 +407,17 @@ def configure() -> str:
     # Started without waiting: nginx (for ACME http-01) comes up while certbot starts (its
     # pre-hook waits for nginx) and the database is prepared.
     run("systemctl", "start", "--no-block", "nginx.service")
-    certbot_cmd = certbot_command(c)
-    certbot = start_certificate(certbot_cmd)
+    certificate = Certificate(c).start()
     write_secrets(c)
     # The role's password before Synapse's config: homeserver.yaml is what Synapse's unit (already
     # running on a launch, its wrapper waiting) starts Synapse on, any moment after it appears.
-    create_database(c)
+    set_database_password(c)
     render_configs(c, env)
     # Synapse's unit has been importing Synapse since early boot and starts it on this config
     # (synapse-start.py); this start only joins that job, or makes one where the boot's did not
     # run. The rest of its start runs while the certificate is obtained: it needs none.
     run("systemctl", "start", "--no-block", "synapse.service")
-    finish_certificate(certbot_cmd, certbot)
+    certificate.finish()
     render_site(c, env, tls=True)
     run("nginx", "-t", "-q")
     # The same hook as every renewal (certbot runs it only on renewals): coturn's copy of the
