@@ -8,13 +8,12 @@ image picks up Debian's security updates.
 from __future__ import annotations
 
 import shutil
-import urllib.request
 from pathlib import Path
 
-from appliance import log
+from appliance import http, log
 from appliance.cache import Cache, digest
 from appliance.config import IMAGES, Settings
-from appliance.errors import die
+from appliance.errors import OutbandError, die
 from appliance.run import run
 
 BASE = IMAGES / "base"
@@ -50,11 +49,10 @@ def archive_state(s: Settings) -> dict[str, str]:
         _, mirror, suite, _ = source.split()
         url = f"{mirror}/dists/{suite}/Release"
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 -- a configured http(s) mirror
-                head = response.read(8192).decode(errors="replace")
-        except OSError as e:
+            head = http.get(url, limit=8192).decode(errors="replace")
+        except OutbandError as e:
             die(
-                f"cannot read {url}: {e}",
+                f"cannot read {url}: {e.message}",
                 hint="a bake installs Debian's current packages: check the network and image.mirror in invoke.yaml",
             )
         date = next((line[5:].strip() for line in head.splitlines() if line.startswith("Date:")), None)

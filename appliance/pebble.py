@@ -3,33 +3,28 @@
 The appliance gets its certificate through exactly the production path (certbot, http-01, a
 directory URL); only the directory differs. Pebble's API certificate comes from a small CA made
 here (trustme); the guest reaches the host's loopback as 10.0.2.2 (qemu user networking).
+
+One pebble per state directory, on ports chosen when it first starts (kept in its folder): a test
+session's own state never meets a developer's running appliances.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
-import ssl
-import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
 
-from appliance import log
-from appliance.errors import die
+from appliance import http, log, process
 from appliance.run import require
 from appliance.state import private_dir, write_private
+from appliance.wait import wait_until
 
 LISTEN = "127.0.0.1"
-ACME_PORT = 14000
-MANAGEMENT_PORT = 15000
-DNS_PORT = 8053
-CHALLTEST_PORT = 8055
 GUEST_HOST = "10.0.2.2"  # the host's loopback as seen from a qemu user-net guest
+PORT_NAMES = ("acme", "management", "dns", "challtest")
 
 
 @dataclass(frozen=True)
@@ -37,80 +32,68 @@ class AcmeCa:
     directory_for_guest: str
     api_ca_pem: str  # trust for pebble's API (certbot in the guest)
     dir: Path
+    ports: dict[str, int]
 
     def root_pem(self) -> str:
         """The root that signs issued certificates (pebble makes a new one each start)."""
-        ctx = ssl.create_default_context(cafile=str(self.dir / "api-ca.pem"))
-        url = f"https://{LISTEN}:{MANAGEMENT_PORT}/roots/0"
-        with urllib.request.urlopen(url, context=ctx, timeout=10) as response:  # our own https endpoint
-            return response.read().decode()
+        url = f"https://{LISTEN}:{self.ports['management']}/roots/0"
+        return http.get(url, ca_file=str(self.dir / "api-ca.pem")).decode()
 
 
-def _running(pidfile: Path, binary: str) -> bool:
-    if not pidfile.exists():
-        return False
-    pid = int(pidfile.read_text())
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-    except OSError:
-        return False
-    return cmdline.endswith(binary)
+def folder(state_root: Path) -> Path:
+    return state_root / "pebble"
 
 
-def _spawn(argv: list[str], pidfile: Path, logfile: Path, env: dict[str, str] | None = None) -> None:
-    fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-    finally:
-        os.close(fd)
-    pidfile.write_text(f"{proc.pid}\n")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LISTEN, 0))
+        return sock.getsockname()[1]
 
 
-def _wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex((LISTEN, port)) == 0:
-                return
-        time.sleep(0.1)
-    die(f"the local ACME CA did not start listening on {LISTEN}:{port}", hint="see the pebble logs in the state dir")
+def ports(state_root: Path) -> dict[str, int]:
+    """This state's pebble ports, chosen once (free at that time) and kept."""
+    file = folder(state_root) / "ports.json"
+    if file.exists():
+        return json.loads(file.read_text())
+    chosen = {name: _free_port() for name in PORT_NAMES}
+    write_private(file, json.dumps(chosen))
+    return chosen
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((LISTEN, port)) == 0
 
 
 def ensure(state_root: Path) -> AcmeCa:
-    """Start pebble and its DNS once per machine (reused by every local appliance)."""
-    folder = private_dir(state_root / "pebble")
-    if not (folder / "api-ca.pem").exists():
+    """Start pebble and its DNS once per state directory (reused by its local appliances)."""
+    here = private_dir(folder(state_root))
+    p = ports(state_root)
+    if not (here / "api-ca.pem").exists():
         ca = trustme.CA(organization_name="Outband local ACME API")
         leaf = ca.issue_cert("localhost", LISTEN, GUEST_HOST)
-        write_private(folder / "api-ca.pem", ca.cert_pem.bytes())
-        write_private(folder / "api-cert.pem", b"".join(b.bytes() for b in leaf.cert_chain_pems))
-        write_private(folder / "api-key.pem", leaf.private_key_pem.bytes())
+        write_private(here / "api-ca.pem", ca.cert_pem.bytes())
+        write_private(here / "api-cert.pem", b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        write_private(here / "api-key.pem", leaf.private_key_pem.bytes())
     config = {
         "pebble": {
-            "listenAddress": f"{LISTEN}:{ACME_PORT}",
-            "managementListenAddress": f"{LISTEN}:{MANAGEMENT_PORT}",
-            "certificate": str(folder / "api-cert.pem"),
-            "privateKey": str(folder / "api-key.pem"),
+            "listenAddress": f"{LISTEN}:{p['acme']}",
+            "managementListenAddress": f"{LISTEN}:{p['management']}",
+            "certificate": str(here / "api-cert.pem"),
+            "privateKey": str(here / "api-key.pem"),
             "httpPort": 80,  # http-01 goes to the appliance's own loopback address, port 80
             "tlsPort": 443,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }
     }
-    write_private(folder / "pebble.json", json.dumps(config, indent=2))
-    if not _running(folder / "challtestsrv.pid", "pebble-challtestsrv"):
-        _spawn(
+    write_private(here / "pebble.json", json.dumps(config, indent=2))
+    if not process.running(here / "challtestsrv.pid", "pebble-challtestsrv"):
+        process.spawn(
             [
                 require("pebble-challtestsrv"),
                 "-dns01",
-                f"{LISTEN}:{DNS_PORT}",
+                f"{LISTEN}:{p['dns']}",
                 "-http01",
                 "",
                 "-https01",
@@ -118,54 +101,53 @@ def ensure(state_root: Path) -> AcmeCa:
                 "-tlsalpn01",
                 "",
                 "-management",
-                f"{LISTEN}:{CHALLTEST_PORT}",
+                f"{LISTEN}:{p['challtest']}",
+                # No made-up answers (its default is 127.0.0.1 for any name).
+                "-defaultIPv4",
+                "",
                 "-defaultIPv6",
                 "",
             ],
-            folder / "challtestsrv.pid",
-            folder / "challtestsrv.log",
+            here / "challtestsrv.log",
+            here / "challtestsrv.pid",
         )
-        _wait_port(CHALLTEST_PORT)
-    if not _running(folder / "pebble.pid", "pebble"):
+        wait_until(lambda: _listening(p["challtest"]), timeout=15, interval=0.1, what="pebble-challtestsrv to listen")
+    if not process.running(here / "pebble.pid", "pebble"):
         log.detail("starting pebble (local ACME CA)")
         # No artificial validation delays; nonces are not randomly rejected (pebble's test chaos).
-        _spawn(
-            [require("pebble"), "-config", str(folder / "pebble.json"), "-dnsserver", f"{LISTEN}:{DNS_PORT}"],
-            folder / "pebble.pid",
-            folder / "pebble.log",
+        process.spawn(
+            [require("pebble"), "-config", str(here / "pebble.json"), "-dnsserver", f"{LISTEN}:{p['dns']}"],
+            here / "pebble.log",
+            here / "pebble.pid",
             env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
         )
-        _wait_port(ACME_PORT)
-        _wait_port(MANAGEMENT_PORT)
-    return AcmeCa(f"https://{GUEST_HOST}:{ACME_PORT}/dir", (folder / "api-ca.pem").read_text(), folder)
+        for port in (p["acme"], p["management"]):
+            wait_until(lambda port=port: _listening(port), timeout=15, interval=0.1, what=f"pebble on port {port}")
+    return AcmeCa(f"https://{GUEST_HOST}:{p['acme']}/dir", (here / "api-ca.pem").read_text(), here, p)
 
 
-def _challtest(path: str, body: dict) -> None:
-    request = urllib.request.Request(
-        f"http://{LISTEN}:{CHALLTEST_PORT}/{path}", data=json.dumps(body).encode(), method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=5):  # noqa: S310 -- loopback management API
-        pass
+def _challtest(state_root: Path, path: str, body: dict) -> None:
+    http.post_json(f"http://{LISTEN}:{ports(state_root)['challtest']}/{path}", body)
 
 
-def add_names(names: list[str], address: str) -> None:
+def add_names(state_root: Path, names: list[str], address: str) -> None:
     for name in names:
-        _challtest("add-a", {"host": f"{name}.", "addresses": [address]})
+        _challtest(state_root, "add-a", {"host": f"{name}.", "addresses": [address]})
 
 
-def remove_names(names: list[str]) -> None:
+def remove_names(state_root: Path, names: list[str]) -> None:
+    if not process.running(folder(state_root) / "challtestsrv.pid", "pebble-challtestsrv"):
+        return  # the DNS is gone already: nothing to clear
     for name in names:
-        try:
-            _challtest("clear-a", {"host": f"{name}."})
-        except OSError:
-            return  # the DNS is gone already: nothing to clear
+        _challtest(state_root, "clear-a", {"host": f"{name}."})
 
 
 def stop(state_root: Path) -> None:
     """End pebble and its DNS (our own PIDs only)."""
-    folder = state_root / "pebble"
+    here = folder(state_root)
     for name, binary in (("pebble", "pebble"), ("challtestsrv", "pebble-challtestsrv")):
-        pidfile = folder / f"{name}.pid"
-        if _running(pidfile, binary):
-            os.kill(int(pidfile.read_text()), 15)
+        pidfile = here / f"{name}.pid"
+        pid = process.running(pidfile, binary)
+        if pid is not None:
+            process.stop(pid, binary)
         pidfile.unlink(missing_ok=True)

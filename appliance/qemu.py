@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -13,9 +12,10 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from appliance import log
+from appliance import log, process
 from appliance.errors import ExitStatus, die
 from appliance.run import require, run
+from appliance.wait import wait_until
 
 QEMU = "qemu-system-x86_64"
 # The probe boots a real Linux kernel with no init: it must reach its panic and exit (-no-reboot)
@@ -240,28 +240,22 @@ def argv(spec: VmSpec) -> list[str]:
 
 
 def start(spec: VmSpec, log_file: Path) -> int:
-    """Start qemu detached from this process group (Ctrl-C here must not kill it mid-cleanup)."""
+    """Start qemu detached (appliance.process: Ctrl-C here must not kill it mid-cleanup), its
+    serial log, PID file and QMP socket private like the rest of the state (umask 077)."""
     require(QEMU)
-    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        # umask 077: the serial log, pidfile and QMP socket that qemu creates are private like the rest of the state.
-        proc = subprocess.Popen(
-            argv(spec), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True, umask=0o077
-        )
-    finally:
-        os.close(fd)
+    proc = process.spawn(argv(spec), log_file, umask=0o077)
+
     # qemu fails fast on a taken port or a bad argument: catch that here, with its message.
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+    def started() -> bool:
         if proc.poll() is not None:
             message = log_file.read_text().strip().splitlines()
             die(
                 f"qemu exited at once: {message[-1] if message else proc.returncode}",
                 hint="is an address or port already taken? see " + str(log_file),
             )
-        if spec.qmp.exists():
-            break
-        time.sleep(0.1)
+        return spec.qmp.exists()
+
+    wait_until(started, timeout=30, interval=0.1, what="qemu's control socket", hint=f"see {log_file}")
     return proc.pid
 
 
@@ -280,18 +274,7 @@ def eject_seed(qmp_socket: Path) -> None:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return _cmdline(pid).startswith(QEMU)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+    return process.alive(pid, QEMU)
 
 
 def stop(pid: int, qmp_socket: Path | None, timeout: float = 5.0) -> None:
@@ -306,5 +289,4 @@ def stop(pid: int, qmp_socket: Path | None, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive(pid):
         time.sleep(0.05)
-    if alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    process.kill(pid, QEMU)
