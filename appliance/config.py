@@ -52,6 +52,7 @@ class DoSettings:
     active_timeout: float
     api_url: str
     ca_bundle: str
+    build_extra_ca: tuple[Path, ...]
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Settings:
     vm: VmSettings
     acme_directory: str
     acme_staging: bool
+    acme_roots: str  # PEM roots the appliance's certificate chains to ("" = the system's CAs)
     do: DoSettings
 
 
@@ -126,6 +128,7 @@ def load(raw: Mapping[str, Any], **overrides: Any) -> Settings:
         ),
         acme_directory=acme.get("directory") or "",
         acme_staging=bool(acme.get("staging", False)),
+        acme_roots=str(_path(acme["roots"])) if acme.get("roots") else "",
         do=DoSettings(
             region=do.get("region", "fra1"),
             size=do.get("size", "s-1vcpu-2gb"),
@@ -136,5 +139,6 @@ def load(raw: Mapping[str, Any], **overrides: Any) -> Settings:
             active_timeout=float(do.get("active_timeout", 600)),
             api_url=do.get("api_url") or "https://api.digitalocean.com",
             ca_bundle=do.get("ca_bundle") or "",
+            build_extra_ca=_extra_ca(do.get("build_extra_ca", "none")),
         ),
     )

@@ -1,48 +1,40 @@
-"""launch / destroy / ls: target-independent parts (defaults, confirmation, printing)."""
+"""launch / destroy / ls / images: what every target shares (defaults, confirmation, printing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
-from pathlib import Path
 
-from rich.table import Table
-
-from appliance import bake, log, targets, userdata
+from appliance import log, targets, userdata
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
+from appliance.images import Image
 from appliance.state import Record, Store
+from appliance.table import Table
 
 
 def launch(
     s: Settings, name: str | None, domain: str | None, image: str | None, keep_on_failure: bool = False
 ) -> Record:
     name = userdata.validate_name(name or s.name)
-    domain = userdata.validate_domain(domain or s.domain or f"{name}.outband.test")
-    if s.target == "digitalocean":
-        image_path = Path(image) if image else None  # a snapshot name or id; None: the newest
-    elif image:
-        image_path = Path(image)
-    else:
-        latest = bake.latest(s)
-        if latest is None:
-            die(
-                "no baked image on this machine",
-                hint="run `invoke bake` first, or pass --image PATH",
-                status=ExitStatus.USAGE,
-            )
-        image_path = latest.path
+    target = targets.get(s)
+    domain = userdata.validate_domain(domain or s.domain or target.default_domain(name))
     spec = targets.LaunchSpec(
-        name=name, domain=domain, image=image_path, contact_email=s.contact_email or f"security@{domain}"
+        name=name,
+        domain=domain,
+        image=image,
+        contact_email=s.contact_email or f"security@{domain}",
     )
-    return targets.get(s).launch(spec, keep_on_failure=keep_on_failure)
+    return target.launch(spec, keep_on_failure=keep_on_failure)
 
 
 def print_summary(record: Record) -> None:
     facts = json.loads(record.path("facts.json").read_text())
     d = facts["domain"]
     c = log.out
-    c.print(f"[bold]{record.name}[/] is up on {facts['address']} ({record.data.get('accel')})")
+    accel = f" ({record.data['accel']})" if record.data.get("accel") else ""
+    c.print(f"[bold]{record.name}[/] is up on {facts['address']}{accel}")
     c.print(f"  web client   https://element.{d}/  (also riot.{d})")
     c.print(f"  homeserver   https://matrix.{d}/   federation matrix.{d}:8448, server name {d}")
     c.print(f"  SSH host key {facts['host_key_fingerprint']} (pinned in {facts['ssh_config']})")
@@ -50,9 +42,13 @@ def print_summary(record: Record) -> None:
     c.print(f"next: invoke verify --name {record.name}")
 
 
+def target_for(s: Settings, record: Record) -> targets.Target:
+    """The target an existing appliance was launched on (whatever the current default is)."""
+    return targets.get(dataclasses.replace(s, target=record.target))
+
+
 def destroy(s: Settings, name: str, yes: bool) -> None:
-    store = Store(s.dirs.state)
-    record = store.get(name)
+    record = Store(s.dirs.state).get(name)
     if record is None:
         log.console.print(f"no appliance named {name!r}: nothing to destroy")
         return
@@ -60,24 +56,34 @@ def destroy(s: Settings, name: str, yes: bool) -> None:
         answer = input(f"destroy {name} and shred its secrets? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             die("not destroyed", hint="pass --yes to skip the question", status=ExitStatus.USAGE)
-    target = targets.get(_with_target(s, record.target))
-    target.destroy(record)
+    target_for(s, record).destroy(record)
     log.console.print(f"destroyed {name}")
-
-
-def _with_target(s: Settings, target: str) -> Settings:
-    from dataclasses import replace
-
-    return replace(s, target=target)
 
 
 def print_list(s: Settings) -> None:
     records = Store(s.dirs.state).all()
+    if not records:
+        log.console.print("no appliances")
+        return
     table = Table("name", "target", "address", "domain", "status")
     for r in records:
-        status = targets.get(_with_target(s, r.target)).status(r)
-        table.add_row(r.name, r.target, r.data.get("address", "-"), r.data.get("domain", "-"), status)
-    if records:
-        log.out.print(table)
-    else:
-        log.out.print("no appliances")
+        table.add(r.name, r.target, r.data.get("address", "-"), r.data.get("domain", "-"), target_for(s, r).status(r))
+    table.show()
+
+
+def images(s: Settings, prune: int) -> list[Image]:
+    target = targets.get(s)
+    if prune:
+        if prune < 1:
+            die("--prune must keep at least one image", hint="pass --prune 1 or more", status=ExitStatus.USAGE)
+        for image in target.prune_images(prune):
+            log.console.print(f"removed {image.describe()}")
+    found = target.images()
+    if not found:
+        log.console.print(f"no Outband images for the {target.name} target")
+        return found
+    table = Table("name", "image")
+    for image in found:
+        table.add(image.name, image.describe())
+    table.show()
+    return found

@@ -9,10 +9,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from appliance import contract
 from appliance.errors import OutbandError
 from appliance.state import Record, write_private
 
-SSH_USER = "outband"
+SSH_USER = contract.SSH_USER
 # ssh errors that no amount of waiting for a booting VM fixes.
 FATAL_ERRORS = (
     "REMOTE HOST IDENTIFICATION HAS CHANGED",

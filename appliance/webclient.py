@@ -12,14 +12,13 @@ import json
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import log
+from appliance import http, log
 from appliance.cache import Cache, digest, hash_file
 from appliance.config import IMAGES
-from appliance.errors import ExitStatus, die
+from appliance.errors import ExitStatus, OutbandError, die
 from appliance.run import run
 
 HYDROGEN = IMAGES / "webclient/hydrogen"
@@ -50,24 +49,21 @@ def _tar_directory(src: Path, out: Path) -> None:
             tar.add(path, arcname=str(path.relative_to(src)), recursive=False, filter=normalize)
 
 
-def element(cache: Cache) -> WebClient:
-    pin = json.loads(ELEMENT_PIN.read_text())
+def element(cache: Cache, pin_file: Path = ELEMENT_PIN) -> WebClient:
+    pin = json.loads(pin_file.read_text())
     download = cache.path("downloads", f"element-v{pin['version']}", ".tar.gz")
     if not download.exists():
         with log.step(f"Fetch Element web v{pin['version']}"):
-            tmp = cache.tmp(download)
+            download.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with urllib.request.urlopen(pin["url"], timeout=60) as response, tmp.open("wb") as f:  # noqa: S310
-                    shutil.copyfileobj(response, f)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
+                http.download(pin["url"], download)
+            except OutbandError as e:
                 die(
-                    f"cannot fetch Element web v{pin['version']} ({e})",
+                    f"cannot fetch Element web v{pin['version']} ({e.message})",
                     hint=f"put {Path(pin['url']).name} (sha256 {pin['sha256'][:12]}…) at {download}, "
                     "or bake with --webclient hydrogen",
                     status=ExitStatus.ERROR,
                 )
-            cache.commit(tmp, download)
     actual = hash_file(download)
     if actual != pin["sha256"]:
         die(
@@ -111,7 +107,7 @@ def hydrogen_components() -> list[dict]:
 
 
 def hydrogen(cache: Cache) -> WebClient:
-    key = digest("hydrogen-v1", *[HYDROGEN / name for name in HYDROGEN_RECIPE])
+    key = digest("hydrogen-v2", *[HYDROGEN / name for name in HYDROGEN_RECIPE])
     out = cache.path("webclient", f"hydrogen-{key[:16]}", ".tar")
     version = json.loads((HYDROGEN / "package.json").read_text())["dependencies"]["hydrogen-view-sdk"]
     if not out.exists():
@@ -130,6 +126,10 @@ def hydrogen(cache: Cache) -> WebClient:
                 what="npm ci (Hydrogen)",
                 hint="is the npm registry reachable?",
             )
+            # Hydrogen's service worker, served from the site's root as Hydrogen's own build does
+            # (main.js says why it is needed); Vite copies public/ as it is.
+            (work / "public").mkdir()
+            shutil.copyfile(work / "node_modules/hydrogen-view-sdk/lib-build/sw.js", work / "public/sw.js")
             run([work / "node_modules/.bin/vite", "build"], cwd=work, what="vite build (Hydrogen)")
             tmp = cache.tmp(out)
             _tar_directory(work / "dist", tmp)

@@ -1,12 +1,16 @@
-"""One protocol, one class per target (img-proof's model): launch → ssh → destroy."""
+"""One protocol, one class per target (img-proof's model). A target owns everything that differs
+between the places an appliance runs: how its image is provisioned, published, found, listed and
+pruned, and how an appliance is launched, reached and destroyed. Nothing outside targets/ asks
+which target it is dealing with."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from appliance.config import Settings
+from appliance.images import Image
+from appliance.provisioners import Built, Provisioner
 from appliance.state import Record
 
 
@@ -14,17 +18,33 @@ from appliance.state import Record
 class LaunchSpec:
     name: str
     domain: str
-    image: Path | None  # local: a qcow2; digitalocean: a snapshot name or id (None: the newest)
+    image: Image | str | None  # a resolved image, or a reference the target resolves (None: newest)
     contact_email: str
     bare: bool = False  # no launch contract: boot the image as baked, SSH only (image tests)
 
     @classmethod
-    def ssh_only(cls, name: str, image: Path) -> LaunchSpec:
+    def ssh_only(cls, name: str, image: Image) -> LaunchSpec:
         """The image as baked, booted with SSH access only (the image tests, the bench's floor)."""
         return cls(name=name, domain=f"{name}.outband.test", image=image, contact_email="ops@example.org", bare=True)
 
 
 class Target(Protocol):
+    name: str
+
+    # -- images -------------------------------------------------------------------------------------
+    def provisioner(self, via: str | None, use_layers: bool = True) -> Provisioner: ...
+
+    def publish(self, name: str, built: Built, manifest: dict, bom: dict) -> Image: ...
+
+    def resolve_image(self, ref: str | None) -> Image: ...  # None: the newest
+
+    def images(self) -> list[Image]: ...  # oldest first
+
+    def prune_images(self, keep: int) -> list[Image]: ...  # the ones removed
+
+    # -- appliances ---------------------------------------------------------------------------------
+    def default_domain(self, name: str) -> str: ...
+
     def launch(self, spec: LaunchSpec, keep_on_failure: bool = False) -> Record: ...
 
     def destroy(self, record: Record) -> None: ...

@@ -1,4 +1,5 @@
-"""What both targets do the same way: per-launch identity, the facts file for tests/infra."""
+"""What both targets do the same way: steps recorded as they run, per-launch identity, the facts
+file for tests/infra, and a failed launch's clean-up."""
 
 from __future__ import annotations
 
@@ -12,14 +13,25 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance import log, secrets, ssh
+from appliance import contract, log, secrets, ssh
 from appliance.errors import OutbandError
 from appliance.state import Record, write_private
 
+names = contract.names
 
-def names(domain: str) -> list[str]:
-    """One certificate and one set of DNS records cover all of these."""
-    return [domain, f"matrix.{domain}", f"element.{domain}", f"riot.{domain}"]
+
+@contextlib.contextmanager
+def step(record: Record, title: str) -> Iterator[None]:
+    """A launch (or destroy) step: shown with its elapsed time, and recorded in the appliance's
+    state before it starts, so that a failure — even of a process that died — names it."""
+    record.set(step=title)
+    with log.step(title):
+        try:
+            yield
+        except OutbandError as e:
+            if not e.message.startswith(title):
+                e.message = f"{title}: {e.message}"
+            raise
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ def write_facts(record: Record, target: str, address: str, ssh_port: int, identi
         "domain": domain,
         "names": names(domain),
         "address": address,
-        "ports": {"https": 443, "federation": 8448, "turn": 3478, "turns": 5349, "ssh": ssh_port},
+        "ports": {**contract.PORTS, "ssh": ssh_port},
         "acme_root": acme_root,
         "ssh_config": str(record.path("ssh_config")),
         "ssh_host": ssh.alias(record.name),
@@ -75,7 +87,9 @@ def undo_on_failure(record: Record, destroy: Callable[[Record], None], keep: boo
     """A launch that fails (or is interrupted) removes what it made — exactly what the record names.
 
     `keep` (debugging) leaves a failed appliance for inspection, but never an interrupted one. The
-    error names the step the record was at; unexpected exceptions become one OutbandError.
+    error names the step the record was at; unexpected exceptions become one OutbandError. A
+    clean-up that fails too is reported as a warning: the launch's own cause stays the error (the
+    state is kept, so `invoke destroy NAME` can finish the clean-up).
     """
     try:
         yield
@@ -83,8 +97,11 @@ def undo_on_failure(record: Record, destroy: Callable[[Record], None], keep: boo
         if keep and not isinstance(e, KeyboardInterrupt):
             log.warn(f"kept the failed appliance for inspection: `invoke destroy {record.name}` removes it")
         else:
-            with log.step("Remove what the failed launch created"):
-                destroy(record)
+            try:
+                with log.step("Remove what the failed launch created"):
+                    destroy(record)
+            except Exception as cleanup:
+                log.warn(f"the clean-up failed too ({cleanup}); `invoke destroy {record.name}` tries again")
         if isinstance(e, KeyboardInterrupt | OutbandError):
             raise
         step = record.data.get("step")

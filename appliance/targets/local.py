@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import secrets as pysecrets
+import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import NoReturn
 
-from appliance import https, log, pebble, qemu, ssh, userdata
-from appliance.bake import kernel_for
+from appliance import contract, https, images, log, pebble, qemu, ssh, systemd, userdata
+from appliance.cache import Cache
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
+from appliance.images import DiskImage, Image
+from appliance.provisioners import Built, Chroot, PackerQemu, Provisioner
 from appliance.state import Record, Store, shred, write_private
 from appliance.targets import LaunchSpec, common
 from appliance.targets.common import names
+from appliance.wait import REAL, Clock
 
-SSH_PORT = 2222
-RELAY_PORTS = range(49152, 49172)
+SSH_PORT = 2222  # on the appliance's own loopback address; 22 stays free for the host's sshd
 BOOT_TIMEOUT = 20 * 60  # under TCG a first boot takes minutes; a stuck one is reported, not waited on forever
 # The serial log is a local file: reading it often costs the guest nothing and takes up to a poll's
 # length off every launch.
@@ -38,8 +41,8 @@ SSH_PROBE_SECONDS = 1
 QUIET_CONSOLE_SECONDS = 120
 SLOW_CHECK_SECONDS = 20  # SSH checks on a first boot that has not reported on the console yet
 # What first boot (images/files/usr/local/lib/outband/firstboot.py) writes to the serial console.
-FIRSTBOOT_DONE = "outband-firstboot: appliance configured"
-FIRSTBOOT_FAILED = "outband-firstboot: first boot failed:"
+FIRSTBOOT_DONE = contract.CONSOLE_DONE
+FIRSTBOOT_FAILED = contract.CONSOLE_FAILED
 
 
 def firstboot_outcome(serial_log: Path) -> str | None:
@@ -57,9 +60,10 @@ def firstboot_outcome(serial_log: Path) -> str | None:
 
 
 def forwards() -> list[qemu.Forward]:
-    tcp = [qemu.Forward("tcp", p, p) for p in (80, 443, 8448, 3478, 5349)]
-    udp = [qemu.Forward("udp", p, p) for p in (3478, 5349, *RELAY_PORTS)]
-    return [qemu.Forward("tcp", SSH_PORT, 22), *tcp, *udp]
+    ports = contract.PORTS
+    tcp = [qemu.Forward("tcp", ports[k], ports[k]) for k in ("http", "https", "federation", "turn", "turns")]
+    udp = [qemu.Forward("udp", p, p) for p in (ports["turn"], ports["turns"], *contract.RELAY_PORTS)]
+    return [qemu.Forward("tcp", SSH_PORT, ports["ssh"]), *tcp, *udp]
 
 
 def port_free(address: str, proto: str, port: int) -> bool:
@@ -75,68 +79,132 @@ def port_free(address: str, proto: str, port: int) -> bool:
     return True
 
 
+BASE = "base.qcow2"
+KERNEL = "vmlinuz"
+
+
+def own_base(image: DiskImage, record: Record) -> None:
+    """The appliance's disk is layered on its own link to the image (and boots its own link to the
+    kernel), in its state directory: a later bake or a prune of build/ can never take the file
+    from under it. A hard link costs nothing; across file systems it is a copy (~350 MB, seconds)."""
+    for source, name in ((image.path, BASE), (image.kernel, KERNEL)):
+        if not source.is_file():
+            continue
+        target = record.path(name)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        target.chmod(0o600)
+
+
 class LocalTarget:
-    def __init__(self, s: Settings):
+    name = "local"
+
+    def __init__(self, s: Settings, clock: Clock = REAL):
         self.s = s
         self.store = Store(s.dirs.state)
+        self.clock = clock
+
+    # -- images --------------------------------------------------------------------------------
+    def provisioner(self, via: str | None, use_layers: bool = True) -> Provisioner:
+        cache = Cache(self.s.dirs.cache)
+        if via in (None, "chroot"):
+            return Chroot(self.s, cache, use_layers=use_layers)
+        if via == "packer":
+            return PackerQemu(self.s, cache)
+        die(f"--via must be chroot or packer, not {via!r}", hint="chroot is the fast default", status=ExitStatus.USAGE)
+
+    def publish(self, name: str, built: Built, manifest: dict, bom: dict) -> Image:
+        assert built.qcow2 is not None and built.kernel is not None
+        return images.publish_disk(self.s, name, built.qcow2, built.kernel, manifest, bom)
+
+    def resolve_image(self, ref: str | None) -> DiskImage:
+        if ref:
+            path = Path(ref).expanduser()
+            if not path.is_file():
+                die(
+                    f"image {ref} does not exist",
+                    hint="run `invoke bake` or pass --image PATH",
+                    status=ExitStatus.USAGE,
+                )
+            return images.disk_image(path.resolve())
+        latest = images.latest_disk(self.s)
+        if latest is None:
+            die(
+                "no baked image on this machine",
+                hint="run `invoke bake` first, or pass --image PATH",
+                status=ExitStatus.USAGE,
+            )
+        return latest
+
+    def images(self) -> list[Image]:
+        return list(images.local_disks(self.s))
+
+    def in_use(self) -> set[str]:
+        return {r.data.get("image_name", "") for r in self.store.all() if r.target == self.name}
+
+    def prune_images(self, keep: int) -> list[Image]:
+        """Remove all but the newest `keep` images; an image some appliance was launched from stays
+        listed until that appliance is gone (the appliance itself runs from its own link)."""
+        used = self.in_use()
+        doomed = [i for i in images.local_disks(self.s)[:-keep] if i.name not in used]
+        for image in doomed:
+            images.remove_disk(image)
+        return list(doomed)
 
     # -- launch --------------------------------------------------------------------------------
+    def default_domain(self, name: str) -> str:
+        return f"{name}.outband.test"
+
     def allocate_address(self) -> str:
+        """The first 127.0.100.N that no appliance of this state uses and whose ports are all free
+        (another state directory, or anything else, may hold some)."""
         used = {r.data.get("address") for r in self.store.all()}
         for n in range(1, 255):
             address = f"127.0.100.{n}"
-            if address not in used:
+            if address not in used and all(port_free(address, f.proto, f.host_port) for f in forwards()):
                 return address
-        die("no free loopback address for another appliance", hint="destroy one first")
-
-    def check_ports(self, address: str) -> None:
-        for f in forwards():
-            if not port_free(address, f.proto, f.host_port):
-                die(
-                    f"{f.proto} port {f.host_port} on {address} is already taken",
-                    hint="stop what listens there, or destroy the appliance that uses it",
-                    status=ExitStatus.USAGE,
-                )
+        die("no free loopback address for another appliance", hint="destroy one first", status=ExitStatus.USAGE)
 
     def launch(self, spec: LaunchSpec, keep_on_failure: bool = False) -> Record:
         userdata.validate_name(spec.name)
         userdata.validate_domain(spec.domain)
-        if not spec.image.is_file():
+        image = spec.image if isinstance(spec.image, Image) else self.resolve_image(spec.image)
+        if not isinstance(image, DiskImage) or not image.path.is_file():
             die(
-                f"image {spec.image} does not exist",
-                hint="run `invoke bake` or pass --image PATH",
-                status=ExitStatus.USAGE,
+                f"image {image.describe()} is not a local disk image", hint="pass --image PATH", status=ExitStatus.USAGE
             )
         self.store.ensure_free(spec.name)
         address = self.allocate_address()
-        self.check_ports(address)
-        accel = qemu.choose_accel(self.s.vm.accel, kernel_for(spec.image), self.s.dirs.cache)
-        record = self.store.create(spec.name, "local")
+        accel = qemu.choose_accel(self.s.vm.accel, image.kernel, self.s.dirs.cache)
+        record = self.store.create(spec.name, self.name)
         with common.undo_on_failure(record, self.destroy, keep=keep_on_failure):
-            self._launch(record, spec, address, accel)
+            self._launch(record, spec, image, address, accel)
         return record
 
-    def _launch(self, record: Record, spec: LaunchSpec, address: str, accel: str) -> None:
+    def _launch(self, record: Record, spec: LaunchSpec, image: DiskImage, address: str, accel: str) -> None:
         record.set(
             address=address,
             domain=spec.domain,
-            image=str(spec.image),
+            image=str(image.path),
+            image_name=image.name,
             accel=accel,
             names=names(spec.domain),
         )
-        with log.step("Generate per-launch secrets and keys"):
+        with common.step(record, "Generate per-launch secrets and keys"):
             identity = common.new_identity(record)
             launch_secrets, host_key, operator = identity.secrets, identity.host_key, identity.operator
             ssh.write_config(record, address, SSH_PORT, host_key.public_openssh)
         if spec.bare:
             text = userdata.render_bare(spec.name, host_key, operator.public_openssh)
         else:
-            with log.step("Local ACME CA (pebble) and DNS names"):
+            with common.step(record, "Local ACME CA (pebble) and DNS names"):
                 ca = pebble.ensure(self.s.dirs.state)
                 record.set(dns_registered=True)
-                pebble.add_names(names(spec.domain), address)
+                pebble.add_names(self.s.dirs.state, names(spec.domain), address)
                 write_private(record.path("acme-root.pem"), ca.root_pem())
-            contract = userdata.contract(
+            contract_ = userdata.contract(
                 spec.name,
                 spec.domain,
                 spec.contact_email,
@@ -146,22 +214,25 @@ class LocalTarget:
                 public_ip=address,
                 private_ip="10.0.2.15",
             )
-            text = userdata.render(contract, host_key, operator.public_openssh)
-        with log.step("User-data and NoCloud seed"):
+            text = userdata.render(contract_, host_key, operator.public_openssh)
+        with common.step(record, "User-data and NoCloud seed"):
             instance_id = f"{spec.name}-{pysecrets.token_hex(4)}"
             userdata.write_seed(record.path("seed.iso"), text, userdata.meta_data(spec.name, instance_id))
-        with log.step(f"Start the VM on {address} ({accel})"):
-            qemu.overlay(spec.image, record.path("disk.qcow2"))
+        with common.step(record, f"Start the VM on {address} ({accel})"):
+            own_base(image, record)
+            qemu.overlay(record.path(BASE), record.path("disk.qcow2"))
             vm = self.vm_spec(record, address, accel, seed=True, contract=not spec.bare)
             pid = qemu.start(vm, record.path("qemu.log"))
             record.set(pid=pid)
-        with log.step("Boot" + ("" if spec.bare else " and first-boot configuration (SSH, certificate, Synapse)")):
+        title = "Boot" + ("" if spec.bare else " and first-boot configuration (SSH, certificate, Synapse)")
+        with common.step(record, title):
             self.wait_healthy(record, pid, ssh_only=spec.bare)
-        with log.step("Remove the seed (user-data) from the VM and the disk"):
+        with common.step(record, "Remove the seed (user-data) from the VM and the disk"):
             qemu.eject_seed(record.path("qmp.sock"))
             shred(record.path("seed.iso"))
-        common.write_facts(record, "local", address, SSH_PORT, identity, str(record.path("acme-root.pem")))
+        common.write_facts(record, self.name, address, SSH_PORT, identity, str(record.path("acme-root.pem")))
         record.status = "running"
+        record.data.pop("step", None)
         record.save()
 
     def vm_spec(self, record: Record, address: str, accel: str, seed: bool, contract: bool = False) -> qemu.VmSpec:
@@ -177,17 +248,18 @@ class LocalTarget:
             qmp=record.path("qmp.sock"),
             serial_log=record.path("serial.log"),
             pidfile=record.path("qemu.pid"),
-            kernel=self.kernel(Path(record.data["image"])),
+            kernel=self.kernel(record),
             contract=contract,
         )
 
     @staticmethod
-    def kernel(image: Path) -> Path | None:
-        """The image's exported kernel for a direct boot; an image without one boots through GRUB."""
-        kernel = kernel_for(image)
+    def kernel(record: Record) -> Path | None:
+        """The image's exported kernel (the appliance's own link to it) for a direct boot; an image
+        without one boots through GRUB."""
+        kernel = record.path(KERNEL)
         if kernel.is_file():
             return kernel
-        log.warn(f"no kernel exported next to {image}: booting through firmware and GRUB (slower)")
+        log.warn(f"no kernel was exported with {record.data.get('image')}: booting through firmware and GRUB (slower)")
         return None
 
     def wait_healthy(self, record: Record, pid: int, ssh_only: bool = False) -> None:
@@ -201,31 +273,32 @@ class LocalTarget:
         has said nothing for QUIET_CONSOLE_SECONDS (it did not run, or it hangs).
         """
         address, domain = record.data["address"], record.data["domain"]
-        start = time.monotonic()
+        now, sleep = self.clock.now, self.clock.sleep
+        start = now()
         deadline = start + BOOT_TIMEOUT
         ssh_ok, outcome, last_check, next_ssh_probe = False, None, start, 0.0
-        while time.monotonic() < deadline:
+        while now() < deadline:
             if not qemu.alive(pid):
                 die("the VM stopped during boot", hint=f"see {record.path('serial.log')} and {record.path('qemu.log')}")
             if not ssh_only:
                 outcome = outcome or firstboot_outcome(record.path("serial.log"))
-            if outcome is None and ssh_ok and time.monotonic() - last_check >= SLOW_CHECK_SECONDS:
-                last_check = time.monotonic()
+            if outcome is None and ssh_ok and now() - last_check >= SLOW_CHECK_SECONDS:
+                last_check = now()
                 outcome = self.check_firstboot(record)
             if outcome is not None and outcome != "ok":
                 self.first_boot_failed(record, outcome)
-            ssh_due = ssh_only or outcome is not None or time.monotonic() - start >= QUIET_CONSOLE_SECONDS
-            if ssh_due and not ssh_ok and time.monotonic() >= next_ssh_probe:
-                next_ssh_probe = time.monotonic() + SSH_PROBE_SECONDS
+            ssh_due = ssh_only or outcome is not None or now() - start >= QUIET_CONSOLE_SECONDS
+            if ssh_due and not ssh_ok and now() >= next_ssh_probe:
+                next_ssh_probe = now() + SSH_PROBE_SECONDS
                 ssh_ok = self.probe_ssh(record)
                 if ssh_ok and ssh_only:
                     return
             if ssh_only:
-                time.sleep(2)
+                sleep(2)
                 continue
             if outcome == "ok" and ssh_ok and self.serves_matrix(address, domain, record):
                 return
-            time.sleep(POLL_SECONDS)
+            sleep(POLL_SECONDS)
         die(
             f"the appliance was not healthy after {BOOT_TIMEOUT // 60} minutes", hint=f"see {record.path('serial.log')}"
         )
@@ -255,7 +328,7 @@ class LocalTarget:
             "systemctl show -p ActiveState -p ConditionResult -p ConditionTimestampMonotonic outband-firstboot.service",
             timeout=20,
         )
-        state = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+        state = systemd.show_one(show.stdout)
         if state.get("ActiveState") == "failed":
             return "the first-boot unit failed"
         if state.get("ActiveState") == "active":
@@ -283,7 +356,7 @@ class LocalTarget:
         with contextlib.suppress(Exception):
             r = https.request(
                 address,
-                443,
+                contract.PORTS["https"],
                 f"matrix.{domain}",
                 "/_matrix/client/versions",
                 str(record.path("acme-root.pem")),
@@ -300,10 +373,10 @@ class LocalTarget:
         if pid:
             qemu.stop(int(pid), record.path("qmp.sock"))
         if record.data.get("dns_registered"):
-            pebble.remove_names(record.data.get("names", []))
+            pebble.remove_names(self.s.dirs.state, record.data.get("names", []))
         self.store.remove(record)
         # The local ACME CA serves every local appliance; it goes with the last one that used it.
-        if not any(r.target == "local" and r.data.get("dns_registered") for r in self.store.all()):
+        if not any(r.target == self.name and r.data.get("dns_registered") for r in self.store.all()):
             pebble.stop(self.s.dirs.state)
 
     def status(self, record: Record) -> str:

@@ -75,7 +75,7 @@ def invoke_cli(tmp_path, *args):
         (["bake", "--webclient", "netscape"], 2, "webclient must be one of"),
         (["verify", "--name", "ghost"], 2, "no appliance named 'ghost'"),
         (["bake", "--target", "digitalocean"], 2, "DIGITALOCEAN_TOKEN is not set"),
-        (["images"], 2, "DIGITALOCEAN_TOKEN is not set"),
+        (["images", "--target", "digitalocean"], 2, "DIGITALOCEAN_TOKEN is not set"),
         (
             ["launch", "--target", "digitalocean", "--name", "ok", "--domain", "chat.example.org"],
             2,

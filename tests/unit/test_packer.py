@@ -7,9 +7,12 @@ import shutil
 import pytest
 
 from appliance import packer
-from appliance.bake import packer_variables_digitalocean
+from appliance.cache import Cache
 from appliance.errors import OutbandError
+from appliance.provisioners import PackerDigitalOcean
 from tests.conftest import REPO, repo_settings
+
+needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
 
 
 def test_machine_readable_lines_are_parsed_with_packer_escapes():
@@ -19,14 +22,30 @@ def test_machine_readable_lines_are_parsed_with_packer_escapes():
     assert packer.parse_line("1700000000,,ui,error,boom").data == ["error", "boom"]
 
 
+@needs_packer
 def test_arguments_pass_variables_and_only():
-    assert packer.arguments({"a": "1"}) == {"var": {"a": "1"}}
-    args = packer.arguments({"stage_dir": "/s", "base_disk": "/b"}, only="qemu", build=True)
-    assert args == {"var": {"stage_dir": "/s", "base_disk": "/b"}, "color": "false", "only": "qemu"}
-    from packerpy import PackerExecutable
+    args = packer.argv("build", {"stage_dir": "/s", "base_disk": "/b"}, only="qemu")
+    assert args[1:] == [
+        "build",
+        "-machine-readable",
+        "-color=false",
+        "-var",
+        "base_disk=/b",
+        "-var",
+        "stage_dir=/s",
+        "-only=qemu",
+        str(REPO / "images/packer.json"),
+    ]
+    assert "-color=false" not in packer.argv("validate", {})  # packer 1.6's validate has no -color
 
-    exploded = PackerExecutable._explode_args(**args)
-    assert exploded == ["-var", "stage_dir=/s", "-var", "base_disk=/b", "-color=false", "-only=qemu"]
+
+def test_packer_gets_its_own_environment_and_this_process_keeps_its_own(monkeypatch):
+    monkeypatch.delenv("PACKER_CACHE_DIR", raising=False)
+    env = packer.environment({"DIGITALOCEAN_TOKEN": "t"})
+    assert env["DIGITALOCEAN_TOKEN"] == "t" and env["PACKER_CACHE_DIR"].endswith(".cache/outband/packer")
+    import os
+
+    assert "DIGITALOCEAN_TOKEN" not in os.environ or os.environ["DIGITALOCEAN_TOKEN"] != "t"
 
 
 def test_the_template_runs_every_provision_script_in_order_with_the_seal_last():
@@ -43,18 +62,18 @@ def test_the_template_runs_every_provision_script_in_order_with_the_seal_last():
     qemu = next(b for b in template["builders"] if b["name"] == "qemu")
     netdev = next(a for a in qemu["qemuargs"] if a[0] == "-netdev")[1]
     assert "hostfwd=tcp:127.0.0.1:" in netdev  # the SSH forward listens on loopback only
-
-
-needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
+    # Both sources log in as root, as on a cloud's stock image, and wait for its own first boot
+    # (cloud-init may hold the dpkg lock) before any script runs.
+    assert {b["ssh_username"] for b in template["builders"]} == {"root"}
+    assert template["provisioners"][0]["inline"][0].startswith("cloud-init status --wait")
 
 
 @needs_packer
-def test_packer_validates_the_digitalocean_source(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIGITALOCEAN_TOKEN", "dummy-token-for-validate")
-    s = repo_settings()
-    packer.validate(
-        packer_variables_digitalocean(s, tmp_path, tmp_path / "facts.tsv", "outband-test"), only="digitalocean"
-    )
+def test_packer_validates_the_digitalocean_source(tmp_path):
+    provisioner = PackerDigitalOcean(repo_settings(), Cache(tmp_path), token="dummy-token-for-validate")
+    variables = provisioner.variables(tmp_path, tmp_path / "facts.tsv", "outband-test")
+    assert variables["do_api_url"] == "https://api.digitalocean.com"
+    packer.validate(variables, only="digitalocean", env={"DIGITALOCEAN_TOKEN": provisioner.token})
 
 
 @needs_packer
