@@ -10,14 +10,18 @@ from appliance import lock as lock_mod
 from appliance import log, teamops
 from appliance import verify as verify_mod
 from appliance.cache import Cache
-from appliance.cli import command
+from appliance.cli import command, quiet_broken_pipes, strict_positionals
+
+# `invoke TASK --help` shows the help and never runs the task; a value never starts with "-".
+strict_positionals()
+quiet_broken_pipes()
 
 
 @task(
     help={
         "target": "local (default) or digitalocean",
         "webclient": "element (pinned release) or hydrogen (built offline from npm)",
-        "via": "local target only: chroot (fast, default) or packer (the Packer qemu source, live system)",
+        "via": "local target: chroot (fast, default) or packer (Packer's qemu source, a live system)",
         "no-layer-cache": "re-run every provision script from the (cached) base tree",
     }
 )
@@ -25,18 +29,16 @@ def bake(
     c: Context,
     target: str | None = None,
     webclient: str | None = None,
-    via: str = "chroot",
+    via: str | None = None,
     no_layer_cache: bool = False,
 ) -> None:
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
     with command("bake", c, target=target, webclient=webclient) as s:
-        image = bake_mod.bake(s, use_layers=not no_layer_cache, via=via)
-        if s.target == "digitalocean":
-            log.out.print(f"snapshot: {image.name} (in DigitalOcean; manifest {image.manifest})")
-        else:
-            log.out.print(f"image: {image.path} ({image.size / 2**20:.0f} MiB)")
-        log.out.print(f"sbom:  {image.sbom}")
-        log.out.print(f"log:   {log.log_path()}")
+        image = bake_mod.bake(s, via=via, use_layers=not no_layer_cache)
+        log.out.print(f"image:    {image.describe()}")
+        log.out.print(f"manifest: {image.manifest}")
+        log.out.print(f"sbom:     {image.sbom}")
+        log.out.print(f"log:      {log.log_path()}")
 
 
 @task
@@ -50,7 +52,7 @@ def lock(c: Context) -> None:
     help={
         "name": "appliance name (default: outband.name)",
         "domain": "its domain D (default: <name>.outband.test on the local target)",
-        "image": "qcow2 to boot (default: the latest bake)",
+        "image": "image to boot: a qcow2 path (local) or a snapshot name or id (digitalocean); default: the newest",
         "target": "local (default) or digitalocean",
         "keep-on-failure": "debugging: keep a failed appliance for inspection instead of cleaning it up",
     }
@@ -83,6 +85,20 @@ def destroy(c: Context, name: str | None = None, yes: bool = False) -> None:
         launch_mod.destroy(s, name or s.name, yes=yes)
 
 
+@task(help={"name": "appliance name (default: outband.name)"})
+def stop(c: Context, name: str | None = None) -> None:
+    """Shut an appliance down cleanly, keeping its disk, address, keys and secrets (see `start`)."""
+    with command("stop", c) as s:
+        launch_mod.stop(s, name or s.name)
+
+
+@task(help={"name": "appliance name (default: outband.name)"})
+def start(c: Context, name: str | None = None) -> None:
+    """Boot a stopped appliance again (e.g. after a host restart); returns when it is healthy."""
+    with command("start", c) as s:
+        launch_mod.start(s, name or s.name)
+
+
 @task(name="ls")
 def list_(c: Context) -> None:
     """List the appliances known on this machine."""
@@ -95,38 +111,37 @@ def list_(c: Context) -> None:
         "runs": "how many times to measure (medians are reported)",
         "cold": "include a cold bake (empty cache)",
         "webclient": "element or hydrogen",
+        "journey": "also a browser sign-in and 2×50 end-to-end encrypted messages (browser ↔ nio)",
     }
 )
-def bench(c: Context, runs: int = 1, cold: bool = True, webclient: str | None = None) -> None:
+def bench(c: Context, runs: int = 1, cold: bool = True, webclient: str | None = None, journey: bool = False) -> None:
     """Measure bake (cold/warm), image size, launch→verified, destroy, idle memory → BENCHMARKS.md."""
     from appliance import bench as bench_mod
 
     with command("bench", c, webclient=webclient) as s:
-        results, accel = bench_mod.run(s, runs=runs, cold=cold)
+        results, accel = bench_mod.run(s, runs=runs, cold=cold, journey=journey)
         path = bench_mod.write_markdown(s, results, accel)
         log.console.print(path.read_text())
 
 
-@task(help={"prune": "keep only the newest N Outband snapshots"})
-def images(c: Context, prune: int = 0) -> None:
-    """List the Outband snapshots in the DigitalOcean account (--prune N keeps the newest N)."""
-    from appliance.targets.digitalocean import DigitalOceanTarget
-
-    with command("images", c, target="digitalocean") as s:
-        target = DigitalOceanTarget(s)
-        if prune:
-            for snap in target.prune_snapshots(prune):
-                log.out.print(f"deleted {snap['name']} ({snap['id']})")
-        for snap in target.snapshots():
-            log.out.print(f"{snap['id']:>12}  {snap['created_at']}  {snap['name']}")
+@task(help={"prune": "keep only the newest N images (local: ones in use stay)", "target": "local or digitalocean"})
+def images(c: Context, prune: int = 0, target: str | None = None) -> None:
+    """List the target's Outband images (local: build/images; digitalocean: snapshots); --prune N keeps the newest N."""
+    with command("images", c, log_file=False, target=target) as s:
+        launch_mod.images(s, prune)
 
 
 APPLIANCE_HELP = "appliance name (default: outband.name)"
+JSON_HELP = "print JSON instead of a table"
 
 
 @task(
     name="add",
-    help={"user": "the new account's name (localpart)", "admin": "make it a Synapse admin", "name": APPLIANCE_HELP},
+    help={
+        "user": "the new account's name",
+        "admin": "make it a Synapse admin (the incident lead)",
+        "name": APPLIANCE_HELP,
+    },
 )
 def user_add(c: Context, user: str, admin: bool = False, name: str | None = None) -> None:
     """Create an account (registration stays off); its password is printed once."""
@@ -134,11 +149,18 @@ def user_add(c: Context, user: str, admin: bool = False, name: str | None = None
         teamops.user_add(s, name or s.name, user, admin)
 
 
-@task(name="list", help={"name": APPLIANCE_HELP})
-def user_list(c: Context, name: str | None = None) -> None:
-    """List the accounts."""
+@task(name="list", help={"active": "hide deactivated accounts", "json": JSON_HELP, "name": APPLIANCE_HELP})
+def user_list(c: Context, active: bool = False, json: bool = False, name: str | None = None) -> None:
+    """List the accounts, deactivated ones included (--active hides them)."""
     with command("user-list", c) as s:
-        teamops.user_list(s, name or s.name)
+        teamops.user_list(s, name or s.name, active, json)
+
+
+@task(name="devices", help={"user": "account", "json": JSON_HELP, "name": APPLIANCE_HELP})
+def user_devices(c: Context, user: str, json: bool = False, name: str | None = None) -> None:
+    """An account's devices with their key fingerprints, grouped as clients show them (verify them out of band)."""
+    with command("user-devices", c) as s:
+        teamops.user_devices(s, name or s.name, user, json)
 
 
 @task(
@@ -146,7 +168,7 @@ def user_list(c: Context, name: str | None = None) -> None:
     help={"user": "account to deactivate", "erase": "also erase its data (GDPR erasure)", "name": APPLIANCE_HELP},
 )
 def user_deactivate(c: Context, user: str, erase: bool = False, name: str | None = None) -> None:
-    """Deactivate an account (it can no longer log in)."""
+    """Deactivate an account: its sessions end and it can no longer sign in."""
     with command("user-deactivate", c) as s:
         teamops.user_deactivate(s, name or s.name, user, erase)
 
@@ -158,18 +180,32 @@ def user_reset_password(c: Context, user: str, name: str | None = None) -> None:
         teamops.user_reset_password(s, name or s.name, user)
 
 
-@task(name="control-room", help={"members": "comma-separated account names", "name": APPLIANCE_HELP})
-def control_room(c: Context, members: str, name: str | None = None) -> None:
-    """An encrypted, invite-only #control room with these members (idempotent)."""
+@task(
+    name="control-room",
+    help={
+        "members": "comma-separated account names (the lead included)",
+        "lead": "the admin account that owns the room (default: the first admin among the members)",
+        "name": APPLIANCE_HELP,
+    },
+)
+def control_room(c: Context, members: str, lead: str | None = None, name: str | None = None) -> None:
+    """The encrypted, invite-only #control room, owned by the lead, with these members (idempotent)."""
     with command("control-room", c) as s:
-        teamops.control_room(s, name or s.name, [m.strip() for m in members.split(",") if m.strip()])
+        teamops.control_room(s, name or s.name, [m.strip() for m in members.split(",") if m.strip()], lead)
 
 
-@task(help={"follow": "keep watching and print new logins", "name": APPLIANCE_HELP})
-def audit(c: Context, follow: bool = False, name: str | None = None) -> None:
-    """Who logged in, when, from which address and device."""
-    with command("audit", c) as s:
-        teamops.audit(s, name or s.name, follow)
+@task(name="members", help={"room": "alias or id (default: control)", "json": JSON_HELP, "name": APPLIANCE_HELP})
+def room_members(c: Context, room: str = "control", json: bool = False, name: str | None = None) -> None:
+    """Who is in a room (joined, invited, left) and with what power."""
+    with command("room-members", c) as s:
+        teamops.room_members(s, name or s.name, room, json)
+
+
+@task(help={"follow": "keep watching and print new events as they happen", "json": JSON_HELP, "name": APPLIANCE_HELP})
+def audit(c: Context, follow: bool = False, json: bool = False, name: str | None = None) -> None:
+    """Sign-ins (and failed ones), new devices, password resets and deactivations, from the appliance's log."""
+    with command("audit", c, log_file=not follow) as s:
+        teamops.audit(s, name or s.name, follow, json)
 
 
 @task(name="turn-check", help={"name": APPLIANCE_HELP})
@@ -179,5 +215,22 @@ def turn_check(c: Context, name: str | None = None) -> None:
         teamops.turn_check(s, name or s.name)
 
 
-users = Collection("user", user_add, user_list, user_deactivate, user_reset_password)
-ns = Collection(bake, launch, verify, destroy, list_, lock, bench, images, control_room, audit, turn_check, users)
+users = Collection("user", user_add, user_list, user_devices, user_deactivate, user_reset_password)
+rooms = Collection("room", room_members)
+ns = Collection(
+    bake,
+    launch,
+    verify,
+    stop,
+    start,
+    destroy,
+    list_,
+    lock,
+    bench,
+    images,
+    control_room,
+    audit,
+    turn_check,
+    users,
+    rooms,
+)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)  # progress and messages
-out = Console(highlight=False)  # results (tables, paths, URLs): stdout, so they can be piped
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # progress and messages
+out = Console(highlight=False, soft_wrap=True)  # results (tables, paths, URLs): stdout, so they can be piped
 logger = logging.getLogger("outband")
 
 _log_path: Path | None = None

@@ -1,15 +1,15 @@
-"""Team operations on an appliance: accounts, the #control room, the access audit.
+"""Synapse's admin and client APIs as the operator uses them: accounts, devices and their keys, the
+#control room, its members and power.
 
-Everything administrative goes through Synapse's localhost listener, reached over the
-appliance's pinned SSH channel (a local port forward): the admin API is never on a public port.
-Accounts are made with the shared-secret registration API (registration stays off); an
-`outband-admin` service account, created on first use, holds the admin token (state dir, 0600).
+Everything goes through Synapse's localhost listener, reached over the appliance's pinned SSH
+channel (a local port forward): the admin API is never on a public port. Accounts are made with
+the shared-secret registration API (registration stays off); an `outband-admin` service account,
+made on first use, holds the admin token (state dir, 0600). It is never a member of any room.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -17,7 +17,6 @@ import re
 import secrets
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +27,15 @@ import urllib3
 from appliance import ssh
 from appliance.errors import ExitStatus, OutbandError, die
 from appliance.state import Record, write_private
+from appliance.wait import wait_until
 
 SERVICE_ACCOUNT = "outband-admin"
-# Matrix user ID localparts (spec: historical grammar is wider; new accounts use this).
-LOCALPART = re.compile(r"^[a-z0-9._=\-/]{1,64}$")
+RESERVED = (SERVICE_ACCOUNT, "outband-recorder")
+# The tool's own rule for new accounts (narrower than Matrix's): a lowercase letter first, then
+# lowercase letters, digits, '.', '_' or '-'; at most 32 characters.
+LOCALPART = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
+CONTROL_ALIAS = "control"
+MODERATOR, ADMIN = 50, 100
 
 
 def new_password() -> str:
@@ -39,14 +43,19 @@ def new_password() -> str:
 
 
 def validate_localpart(name: str) -> str:
-    if not LOCALPART.match(name or "") or name.startswith("_") or name == SERVICE_ACCOUNT:
+    if not LOCALPART.match(name or "") or name in RESERVED:
         die(
-            f"invalid user name {name!r}",
-            hint="use lowercase letters, digits and . _ = - / (up to 64), "
-            f"not starting with _ and not {SERVICE_ACCOUNT!r}",
+            f"invalid account name {name!r}",
+            hint="start with a lowercase letter; then lowercase letters, digits, '.', '_' or '-'; "
+            f"at most 32 characters; not {' or '.join(RESERVED)}",
             status=ExitStatus.USAGE,
         )
     return name
+
+
+def fingerprint(ed25519: str) -> str:
+    """A device's ed25519 key the way Matrix clients show it (Element, Hydrogen): groups of four."""
+    return " ".join(ed25519[i : i + 4] for i in range(0, len(ed25519), 4))
 
 
 def _free_port() -> int:
@@ -79,21 +88,19 @@ def tunnel(record: Record) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+    def open_() -> bool:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode().strip() if proc.stderr else ""
+            die(
+                f"SSH tunnel to {record.name} failed: {err.splitlines()[-1] if err else proc.returncode}",
+                hint=f"is the appliance running? `invoke ls`; ssh -F {record.path('ssh_config')}",
+            )
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode().strip() if proc.stderr else ""
-                die(
-                    f"SSH tunnel to {record.name} failed: {err.splitlines()[-1] if err else proc.returncode}",
-                    hint=f"is the appliance running? `invoke ls`; ssh -F {record.path('ssh_config')}",
-                )
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                die("SSH tunnel did not open in 30s", hint="check the appliance with `invoke verify`")
-            time.sleep(0.1)
+        wait_until(open_, timeout=30, interval=0.1, what="the SSH tunnel", hint="check the appliance: `invoke verify`")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -105,7 +112,7 @@ def tunnel(record: Record) -> Iterator[str]:
 
 @dataclass
 class Admin:
-    """Synapse's APIs as the operator, over the tunnel."""
+    """Synapse's APIs as the operator (or, for one call, as an account on its behalf), over the tunnel."""
 
     base: str
     domain: str
@@ -114,10 +121,11 @@ class Admin:
     def __post_init__(self) -> None:
         self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=60))
 
-    def request(self, method: str, path: str, body: Any = None, token: bool = True) -> tuple[int, dict]:
+    def request(self, method: str, path: str, body: Any = None, token: bool | str = True) -> tuple[int, dict[str, Any]]:
         headers = {"Content-Type": "application/json"}
-        if token and self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        bearer = token if isinstance(token, str) else (self.token if token else "")
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
         r = self.http.request(
             method, self.base + path, body=None if body is None else json.dumps(body), headers=headers
         )
@@ -130,8 +138,17 @@ class Admin:
     def user_id(self, name: str) -> str:
         return f"@{name}:{self.domain}"
 
+    def check(self, status: int, data: dict, what: str) -> dict:
+        if status == 404 or data.get("errcode") == "M_NOT_FOUND":
+            die(f"{what}: not found", hint="`invoke user.list` shows the accounts", status=ExitStatus.USAGE)
+        if status >= 300:
+            raise OutbandError(f"{what} failed ({status} {data.get('errcode')}: {data.get('error')})")
+        return data
+
+    # -- accounts -----------------------------------------------------------------------------------
     def register(self, shared_secret: str, name: str, password: str, admin: bool) -> dict:
-        """Synapse's shared-secret registration (docs/admin_api/register_api.md)."""
+        """Synapse's shared-secret registration (docs/admin_api/register_api.md). It returns a
+        token on a new device: the caller logs it out unless it keeps it (the service account)."""
         status, nonce = self.request("GET", "/_synapse/admin/v1/register", token=False)
         if status != 200:
             die(
@@ -158,32 +175,37 @@ class Admin:
             return data
         if data.get("errcode") == "M_USER_IN_USE":
             die(
-                f"user {name!r} already exists",
+                f"account {name!r} already exists",
                 hint=f"pick another name, or `invoke user.reset-password {name}`",
                 status=ExitStatus.USAGE,
             )
         die(
             f"Synapse refused to create {name!r}: {data.get('errcode')} {data.get('error')}",
-            hint="check the user name",
+            hint="check the account name",
             status=ExitStatus.USAGE,
         )
 
-    def check(self, status: int, data: dict, what: str) -> dict:
-        if status == 404 or data.get("errcode") == "M_NOT_FOUND":
-            die(f"{what}: not found", hint="`invoke user.list` shows the accounts", status=ExitStatus.USAGE)
-        if status >= 300:
-            raise OutbandError(f"{what} failed ({status} {data.get('errcode')}: {data.get('error')})")
-        return data
+    def logout(self, token: str) -> None:
+        """End a session: its device (and its keys) are deleted."""
+        self.check(*self.request("POST", "/_matrix/client/v3/logout", {}, token=token), "log out")
 
-    def users(self) -> list[dict]:
-        found, start = [], "0"
+    def users(self, include_deactivated: bool = True) -> list[dict]:
+        found: list[dict] = []
+        start: str | None = "0"
+        flag = "true" if include_deactivated else "false"
         while start is not None:
             data = self.check(
-                *self.request("GET", f"/_synapse/admin/v2/users?from={start}&limit=100&guests=false"), "list users"
+                *self.request(
+                    "GET", f"/_synapse/admin/v2/users?from={start}&limit=100&guests=false&deactivated={flag}"
+                ),
+                "list users",
             )
             found += data.get("users", [])
             start = data.get("next_token")
         return found
+
+    def user(self, name: str) -> dict:
+        return self.check(*self.request("GET", f"/_synapse/admin/v2/users/{quote(self.user_id(name))}"), f"user {name}")
 
     def deactivate(self, name: str, erase: bool) -> None:
         self.check(
@@ -201,8 +223,63 @@ class Admin:
             f"reset password of {name}",
         )
 
-    def whois(self, user_id: str) -> dict:
-        return self.check(*self.request("GET", f"/_synapse/admin/v1/whois/{quote(user_id)}"), f"whois {user_id}")
+    # -- devices and their keys ---------------------------------------------------------------------
+    def devices(self, user_id: str) -> list[dict]:
+        data = self.check(
+            *self.request("GET", f"/_synapse/admin/v2/users/{quote(user_id)}/devices"), f"devices of {user_id}"
+        )
+        return data.get("devices", [])
+
+    def device_keys(self, user_id: str) -> dict[str, dict]:
+        """Each device's published identity keys (what other members' clients encrypt to)."""
+        data = self.check(
+            *self.request("POST", "/_matrix/client/v3/keys/query", {"device_keys": {user_id: []}}), "query keys"
+        )
+        return data.get("device_keys", {}).get(user_id, {})
+
+    # -- acting for an account ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def as_user(self, user_id: str) -> Iterator[str]:
+        """A short-lived token for `user_id` (the admin API's "login as a user": no device is made,
+        the account's own sessions are untouched), logged out again afterwards."""
+        data = self.check(
+            *self.request("POST", f"/_synapse/admin/v1/users/{quote(user_id)}/login", {}), f"act for {user_id}"
+        )
+        try:
+            yield data["access_token"]
+        finally:
+            self.request("POST", "/_matrix/client/v3/logout", {}, token=data["access_token"])
+
+    # -- rooms --------------------------------------------------------------------------------------
+    def resolve_alias(self, alias: str) -> str | None:
+        status, data = self.request("GET", f"/_matrix/client/v3/directory/room/{quote(alias)}")
+        return data.get("room_id") if status == 200 else None
+
+    def room_creator(self, room_id: str) -> str:
+        state = self.check(*self.request("GET", f"/_synapse/admin/v1/rooms/{quote(room_id)}/state"), "room state")
+        return next(e["sender"] for e in state.get("state", []) if e["type"] == "m.room.create")
+
+    def room_members(self, room_id: str) -> list[dict]:
+        """Every membership in the room, with its power level (admin API: no need to be a member)."""
+        state = self.check(*self.request("GET", f"/_synapse/admin/v1/rooms/{quote(room_id)}/state"), "room state")
+        events = state.get("state", [])
+        create = next((e for e in events if e["type"] == "m.room.create"), {})
+        power = next((e for e in events if e["type"] == "m.room.power_levels"), {}).get("content", {})
+        creators = {create.get("sender")} | set(create.get("content", {}).get("additional_creators", []))
+        version = create.get("content", {}).get("room_version", "1")
+        rows = []
+        for e in events:
+            if e["type"] != "m.room.member":
+                continue
+            user = e["state_key"]
+            # Room version 12 (MSC4289): creators have unlimited power, outside the power levels.
+            level: int | str = (
+                "creator"
+                if version == "12" and user in creators
+                else power.get("users", {}).get(user, power.get("users_default", 0))
+            )
+            rows.append({"user": user, "membership": e["content"].get("membership", ""), "power": level})
+        return sorted(rows, key=lambda r: r["user"])
 
 
 def shared_secret(record: Record) -> str:
@@ -222,61 +299,67 @@ def admin_session(record: Record, base: str) -> Admin:
     return admin
 
 
-def login_rows(admin: Admin) -> list[dict[str, str]]:
-    """Who connected, when, from which address and device — one row per connection."""
-    rows = []
-    for user in admin.users():
-        info = admin.whois(user["name"])
-        for device, sessions in sorted(info.get("devices", {}).items()):
-            for session in sessions.get("sessions", []):
-                for c in session.get("connections", []):
-                    seen = dt.datetime.fromtimestamp(c["last_seen"] / 1000, dt.UTC)
-                    rows.append(
-                        {
-                            "user": user["name"],
-                            "device": device or "-",
-                            "ip": c.get("ip", "-"),
-                            "last_seen": seen.isoformat(timespec="seconds"),
-                            "user_agent": (c.get("user_agent") or "-")[:60],
-                            "deactivated": "yes" if user.get("deactivated") else "",
-                        }
-                    )
-    return sorted(rows, key=lambda r: r["last_seen"])
+def control_room_power(room_version: str, lead: str, admins: list[str]) -> dict[str, Any]:
+    """#control's power levels: the team's admin accounts hold 100 (the lead, as the room's creator,
+    holds creator power in room version 12, which a power-levels event may not list); inviting,
+    removing and changing the room need a moderator; everyone may talk."""
+    users = {u: ADMIN for u in admins if not (room_version == "12" and u == lead)}
+    if room_version != "12":
+        users[lead] = ADMIN
+    return {
+        "users": users,
+        "users_default": 0,
+        "events_default": 0,
+        "state_default": MODERATOR,
+        "invite": MODERATOR,
+        "kick": MODERATOR,
+        "ban": MODERATOR,
+        "redact": MODERATOR,
+        "events": {
+            "m.room.power_levels": ADMIN,
+            "m.room.encryption": ADMIN,
+            "m.room.history_visibility": ADMIN,
+            "m.room.tombstone": ADMIN,
+            "m.room.server_acl": ADMIN,
+            "m.room.name": MODERATOR,
+            "m.room.topic": MODERATOR,
+        },
+    }
 
 
-CONTROL_ALIAS = "control"
+# Megolm session rotation after every message: hydrogen-web#1115 (checked in hydrogen-view-sdk 0.3.1,
+# DeviceTracker.writeDeviceChanges and RoomEncryption.encrypt): Hydrogen shares a room key only when
+# it starts a new Megolm session or a user newly joins its tracked set; a NEW DEVICE of a member it
+# already tracks only marks that user outdated, and the session is reused until it rotates (default
+# 100 messages or a week), so the new device never gets the key. Measured: with rotation after each
+# message a device that signed in later decrypted the next message. Hydrogen reads only a room's
+# first m.room.encryption event, so this is set when the room is made. Cost: one new session (one
+# Olm message per member device) per message, nothing for a team's room.
+CONTROL_ENCRYPTION = {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_msgs": 1}
 
 
-async def _ensure_control_room(base: str, admin: Admin, user_ids: list[str]) -> tuple[str, list[str]]:
-    """An encrypted, invite-only #control room with these members; idempotent (re-run invites the missing)."""
-    from nio import (
-        AsyncClient,
-        AsyncClientConfig,
-        RoomCreateResponse,
-        RoomGetStateResponse,
-        RoomPreset,
-        RoomResolveAliasResponse,
-        RoomVisibility,
-    )
-
-    me = admin.user_id(SERVICE_ACCOUNT)
-    client = AsyncClient(base, me, config=AsyncClientConfig(encryption_enabled=False))
-    client.access_token, client.user_id = admin.token, me
-    try:
-        alias = f"#{CONTROL_ALIAS}:{admin.domain}"
-        resolved = await client.room_resolve_alias(alias)
-        if isinstance(resolved, RoomResolveAliasResponse):
-            room_id = resolved.room_id
-        else:
-            created = await client.room_create(
-                visibility=RoomVisibility.private,
-                alias=CONTROL_ALIAS,
-                name="control",
-                topic="Out-of-band incident response: members only, end-to-end encrypted",
-                preset=RoomPreset.private_chat,
-                invite=user_ids,
-                initial_state=[
-                    {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+def ensure_control_room(admin: Admin, lead: str, members: list[str], admins: list[str]) -> tuple[str, list[str], bool]:
+    """An encrypted, invite-only #control room owned by `lead`, with these members invited;
+    idempotent (a re-run invites who is missing). Returns (room id, who was invited, created?)."""
+    alias = f"#{CONTROL_ALIAS}:{admin.domain}"
+    room_id = admin.resolve_alias(alias)
+    invited: list[str] = []
+    # An existing room's invitations come from its owner (joined since it made the room).
+    with admin.as_user(lead if room_id is None else admin.room_creator(room_id)) as token:
+        if room_id is None:
+            _, caps = admin.request("GET", "/_matrix/client/v3/capabilities", token=token)
+            version = caps.get("capabilities", {}).get("m.room_versions", {}).get("default", "10")
+            body = {
+                "visibility": "private",
+                "room_alias_name": CONTROL_ALIAS,
+                "name": "control",
+                "topic": "Out-of-band incident response: members only, end-to-end encrypted",
+                "preset": "private_chat",
+                "room_version": version,
+                "invite": [m for m in members if m != lead],
+                "power_level_content_override": control_room_power(version, lead, admins),
+                "initial_state": [
+                    {"type": "m.room.encryption", "state_key": "", "content": CONTROL_ENCRYPTION},
                     {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
                     {
                         "type": "m.room.history_visibility",
@@ -284,40 +367,19 @@ async def _ensure_control_room(base: str, admin: Admin, user_ids: list[str]) -> 
                         "content": {"history_visibility": "invited"},
                     },
                 ],
+            }
+            data = admin.check(
+                *admin.request("POST", "/_matrix/client/v3/createRoom", body, token=token), f"create {alias}"
             )
-            if not isinstance(created, RoomCreateResponse):
-                raise OutbandError(f"creating {alias} failed: {created}")
-            return created.room_id, user_ids
-        state = await client.room_get_state(room_id)
-        if not isinstance(state, RoomGetStateResponse):
-            raise OutbandError(f"reading {alias} failed: {state}")
-        present = {
-            e["state_key"]
-            for e in state.events
-            if e["type"] == "m.room.member" and e["content"].get("membership") in ("join", "invite")
-        }
-        invited = []
-        for user_id in user_ids:
+            return data["room_id"], body["invite"], True
+        present = {r["user"] for r in admin.room_members(room_id) if r["membership"] in ("join", "invite")}
+        for user_id in members:
             if user_id not in present:
-                response = await client.room_invite(room_id, user_id)
-                if getattr(response, "status_code", None):
-                    raise OutbandError(f"inviting {user_id} failed: {response}")
+                admin.check(
+                    *admin.request(
+                        "POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", {"user_id": user_id}, token=token
+                    ),
+                    f"invite {user_id}",
+                )
                 invited.append(user_id)
-        return room_id, invited
-    finally:
-        await client.close()
-
-
-def ensure_control_room(base: str, admin: Admin, members: list[str]) -> tuple[str, list[str]]:
-    import asyncio
-
-    known = {u["name"] for u in admin.users() if not u.get("deactivated")}
-    user_ids = [admin.user_id(validate_localpart(m)) for m in members]
-    missing = [u for u in user_ids if u not in known]
-    if missing:
-        die(
-            f"no such active user: {', '.join(missing)}",
-            hint="create them first with `invoke user.add NAME`",
-            status=ExitStatus.USAGE,
-        )
-    return asyncio.run(_ensure_control_room(base, admin, user_ids))
+    return room_id, invited, False

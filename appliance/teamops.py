@@ -1,18 +1,33 @@
-"""The team-operation tasks (users, #control, audit), printing for the operator."""
+"""The team-operation tasks (accounts, devices, #control, the audit), printing for the operator.
+
+Tables go through appliance.table: a full table on a terminal, tab-separated lines when piped,
+JSON with --json.
+"""
 
 from __future__ import annotations
 
-import time
+import datetime as dt
+import json
+import subprocess
+from collections.abc import Iterator
 
-from rich.table import Table
-
-from appliance import log, matrix
+from appliance import audit as audit_mod
+from appliance import log, matrix, ssh
 from appliance.config import Settings
-from appliance.state import Store
+from appliance.errors import ExitStatus, die
+from appliance.state import Record, Store
+from appliance.table import Table
 
 
-def _record(s: Settings, name: str):
+def _record(s: Settings, name: str) -> Record:
     return Store(s.dirs.state).require(name)
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    seconds = ms / 1000 if ms > 1e11 else ms  # Synapse gives creation_ts in seconds, last_seen_ts in ms
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def user_add(s: Settings, appliance: str, user: str, admin: bool) -> None:
@@ -22,78 +37,177 @@ def user_add(s: Settings, appliance: str, user: str, admin: bool) -> None:
     with matrix.tunnel(record) as base:
         api = matrix.Admin(base, record.data["domain"])
         created = api.register(matrix.shared_secret(record), user, password, admin=admin)
+        # Registration signs the new account in on a device nobody uses (and that would look like
+        # a stranger's session in `user.devices` and to the team's clients): end it at once.
+        api.logout(created["access_token"])
     # Printed once, to the terminal only: never logged, never stored.
     log.detail(f"created {created['user_id']} (admin={admin})")
     log.out.print(f"created [bold]{created['user_id']}[/]{' (admin)' if admin else ''}")
     print(f"password: {password}")
-    log.out.print("[dim]shown once: hand it over out of band; it is not stored anywhere[/]")
+    log.console.print("[dim]shown once: hand it over out of band; it is not stored anywhere[/]")
 
 
-def user_list(s: Settings, appliance: str) -> None:
+def user_list(s: Settings, appliance: str, active_only: bool, as_json: bool) -> None:
     record = _record(s, appliance)
     with matrix.tunnel(record) as base:
-        users = matrix.admin_session(record, base).users()
-    table = Table("user", "admin", "deactivated", "created")
-    for u in users:
-        created = time.strftime(
-            "%Y-%m-%d %H:%M", time.gmtime(u.get("creation_ts", 0) / (1000 if u.get("creation_ts", 0) > 1e11 else 1))
+        users = matrix.admin_session(record, base).users(include_deactivated=not active_only)
+    table = Table("account", "admin", "deactivated", "created")
+    for u in sorted(users, key=lambda u: u["name"]):
+        if u["name"].split(":")[0][1:] in matrix.RESERVED:
+            continue
+        table.add(
+            u["name"],
+            "yes" if u.get("admin") else "",
+            "yes" if u.get("deactivated") else "",
+            _when(u.get("creation_ts")),
         )
-        table.add_row(u["name"], "yes" if u.get("admin") else "", "yes" if u.get("deactivated") else "", created)
-    log.out.print(table)
+    table.show(as_json)
+
+
+def user_devices(s: Settings, appliance: str, user: str, as_json: bool) -> None:
+    """Each device of an account with its key fingerprint, as clients show it: two people read
+    these to each other over a second channel before they trust the room."""
+    record = _record(s, appliance)
+    matrix.validate_localpart(user)
+    with matrix.tunnel(record) as base:
+        api = matrix.admin_session(record, base)
+        user_id = api.user_id(user)
+        api.user(user)  # a clear "not found" for an unknown account
+        devices = api.devices(user_id)
+        keys = api.device_keys(user_id)
+    table = Table("device", "name", "last seen (UTC)", "address", "fingerprint (ed25519)")
+    for d in sorted(devices, key=lambda d: d.get("last_seen_ts") or 0):
+        ed25519 = keys.get(d["device_id"], {}).get("keys", {}).get(f"ed25519:{d['device_id']}", "")
+        table.add(
+            d["device_id"],
+            d.get("display_name") or "",
+            _when(d.get("last_seen_ts")),
+            d.get("last_seen_ip") or "-",
+            matrix.fingerprint(ed25519) if ed25519 else "(no keys published)",
+        )
+    table.show(as_json)
 
 
 def user_deactivate(s: Settings, appliance: str, user: str, erase: bool) -> None:
     record = _record(s, appliance)
+    matrix.validate_localpart(user)
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
-        api.deactivate(matrix.validate_localpart(user), erase)
-    log.out.print(f"deactivated {api.user_id(user)}{' and erased its data' if erase else ''}")
+        api.deactivate(user, erase)
+    log.out.print(
+        f"deactivated {api.user_id(user)} (every session signed out){' and erased its data' if erase else ''}"
+    )
 
 
 def user_reset_password(s: Settings, appliance: str, user: str) -> None:
     record = _record(s, appliance)
+    matrix.validate_localpart(user)
     password = matrix.new_password()
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
-        api.reset_password(matrix.validate_localpart(user), password)
+        api.reset_password(user, password)
     log.out.print(f"new password for {api.user_id(user)} (its devices were logged out):")
     print(f"password: {password}")
 
 
-def control_room(s: Settings, appliance: str, members: list[str]) -> None:
+def control_room(s: Settings, appliance: str, members: list[str], lead: str | None) -> None:
     record = _record(s, appliance)
+    for m in members:
+        matrix.validate_localpart(m)
+    if not members:
+        die("no members given", hint="pass --members lead,fox,owl", status=ExitStatus.USAGE)
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
-        room_id, invited = matrix.ensure_control_room(base, api, members)
-    log.out.print(
-        f"#control:{record.data['domain']} is {room_id}; invited: {', '.join(invited) if invited else 'nobody new'}"
+        accounts = {u["name"]: u for u in api.users(include_deactivated=False)}
+        user_ids = [api.user_id(m) for m in members]
+        missing = [u for u in user_ids if u not in accounts]
+        if missing:
+            die(
+                f"no such active account: {', '.join(missing)}",
+                hint="create them first with `invoke user.add NAME`",
+                status=ExitStatus.USAGE,
+            )
+        admins = [u for u in user_ids if accounts[u].get("admin")]
+        owner = api.user_id(matrix.validate_localpart(lead)) if lead else (admins[0] if admins else None)
+        if owner is None or owner not in user_ids or owner not in admins:
+            die(
+                "#control needs a lead: an admin account among the members, who owns the room",
+                hint="add one with `invoke user.add NAME --admin`, or name it with --lead",
+                status=ExitStatus.USAGE,
+            )
+        room_id, invited, created = matrix.ensure_control_room(api, owner, user_ids, admins)
+        members_now = api.room_members(room_id)
+    alias = f"#{matrix.CONTROL_ALIAS}:{record.data['domain']}"
+    verb = f"created by {owner}" if created else "exists"
+    log.out.print(f"{alias} ({room_id}) {verb}; invited: {', '.join(invited) if invited else 'nobody new'}")
+    _members_table(members_now).show()
+
+
+def _members_table(rows: list[dict]) -> Table:
+    table = Table("account", "membership", "power")
+    for r in rows:
+        table.add(r["user"], r["membership"], r["power"])
+    return table
+
+
+def room_members(s: Settings, appliance: str, room: str, as_json: bool) -> None:
+    record = _record(s, appliance)
+    alias = room if room.startswith(("#", "!")) else f"#{room}:{record.data['domain']}"
+    with matrix.tunnel(record) as base:
+        api = matrix.admin_session(record, base)
+        room_id = alias if alias.startswith("!") else api.resolve_alias(alias)
+        if room_id is None:
+            die(f"no room {alias}", hint="`invoke control-room --members …` makes #control", status=ExitStatus.USAGE)
+        rows = api.room_members(room_id)
+    _members_table(rows).show(as_json)
+
+
+AUDIT_COLUMNS = ("time (UTC)", "event", "account", "device", "device name", "address", "client", "detail")
+
+
+def _journal(record: Record, follow: bool) -> Iterator[str]:
+    """Synapse's journal on the appliance, as JSON lines, over the pinned SSH channel."""
+    remote = "sudo journalctl -u synapse.service -o json --no-pager" + (" -f -n all" if follow else "")
+    proc = subprocess.Popen(
+        ["ssh", "-F", str(record.path("ssh_config")), ssh.alias(record.name), remote],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        assert proc.stdout is not None
+        yield from proc.stdout
+        if proc.wait() != 0 and not follow:
+            err = proc.stderr.read().strip() if proc.stderr else ""
+            die(f"reading the appliance's log failed: {err.splitlines()[-1] if err else proc.returncode}")
+    finally:
+        proc.terminate()
 
 
-def audit(s: Settings, appliance: str, follow: bool, interval: float = 5.0) -> None:
+def audit(s: Settings, appliance: str, follow: bool, as_json: bool) -> None:
     record = _record(s, appliance)
+    domain = record.data["domain"]
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
-        seen: set[tuple[str, str, str, str]] = set()
-        while True:
-            rows = [r for r in matrix.login_rows(api) if r["user"] != api.user_id(matrix.SERVICE_ACCOUNT)]
-            new = [r for r in rows if (r["user"], r["device"], r["ip"], r["last_seen"]) not in seen]
-            if new or not follow:
-                table = Table("last seen (UTC)", "user", "device", "address", "client", "deactivated")
-                for r in new:
-                    table.add_row(r["last_seen"], r["user"], r["device"], r["ip"], r["user_agent"], r["deactivated"])
-                log.out.print(table)
-            seen.update((r["user"], r["device"], r["ip"], r["last_seen"]) for r in new)
-            if not follow:
-                return
-            time.sleep(interval)
+        names = {d["device_id"]: d.get("display_name") or "" for u in api.users() for d in api.devices(u["name"])}
+        found = audit_mod.events(_journal(record, follow), domain)
+        if not follow:
+            table = Table(*AUDIT_COLUMNS)
+            for event in audit_mod.name_devices(list(found), names):
+                table.add(*event.as_dict().values())
+            table.show(as_json)
+            return
+        # Following: one line per event as it happens (JSON lines with --json), never buffered.
+        for event in found:
+            if event.device and event.device not in names:  # a device made after we started
+                names.update({d["device_id"]: d.get("display_name") or "" for d in api.devices(event.account)})
+            (named,) = audit_mod.name_devices([event], names)
+            print(json.dumps(named.as_dict()) if as_json else "\t".join(named.as_dict().values()), flush=True)
 
 
 def turn_check(s: Settings, appliance: str) -> None:
-    import json
-
     from appliance import turncheck
-    from appliance.errors import ExitStatus, die
 
     record = _record(s, appliance)
     facts = json.loads(record.path("facts.json").read_text())
@@ -104,9 +218,9 @@ def turn_check(s: Settings, appliance: str) -> None:
     )
     table = Table("peer", "expected", "coturn said")
     for r in results:
-        table.add_row(r.peer, r.expected, r.outcome if r.ok else f"[red]{r.outcome}[/]")
+        table.add(r.peer, r.expected, r.outcome)
     log.out.print(f"allocation: relayed address {relayed}")
-    log.out.print(table)
+    table.show()
     if not all(r.ok for r in results):
         die(
             "TURN relaying policy is wrong",

@@ -14,8 +14,13 @@ import olmJs from "@matrix-org/olm/olm.js?url";
 import olmLegacyJs from "@matrix-org/olm/olm_legacy.js?url";
 import "hydrogen-view-sdk/theme-element-light.css";
 
+// The service worker is Hydrogen's own (the SDK's lib-build/sw.js, copied to the site's root by the
+// build: appliance/webclient.py). Without it the platform has no update service and hydrogen-view-sdk
+// 0.3.1 fails every sign-in ("Cannot read properties of null (reading 'updateAuthData')": its
+// SessionContainer calls platform.updateService.updateAuthData with no null check).
 const assetPaths = {
   downloadSandbox,
+  serviceWorker: "sw.js",
   olm: { wasm: olmWasm, legacyBundle: olmLegacyJs, wasmBundle: olmJs },
 };
 
