@@ -60,6 +60,18 @@ def destroy(s: Settings, name: str, yes: bool) -> None:
     log.console.print(f"destroyed {name}")
 
 
+def stop(s: Settings, name: str) -> None:
+    record = Store(s.dirs.state).require(name)
+    target_for(s, record).stop(record)
+    log.console.print(f"stopped {name} (its disk, address, keys and secrets are kept: `invoke start --name {name}`)")
+
+
+def start(s: Settings, name: str) -> None:
+    record = Store(s.dirs.state).require(name)
+    target_for(s, record).start(record)
+    log.out.print(f"{name} is up again on {record.data['address']}")
+
+
 def print_list(s: Settings) -> None:
     records = Store(s.dirs.state).all()
     if not records:

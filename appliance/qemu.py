@@ -15,7 +15,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from appliance import log, process
 from appliance.errors import ExitStatus, die
 from appliance.run import require, run
-from appliance.wait import wait_until
+from appliance.wait import REAL, Clock, wait_until
 
 QEMU = "qemu-system-x86_64"
 # The probe boots a real Linux kernel with no init: it must reach its panic and exit (-no-reboot)
@@ -275,6 +275,34 @@ def eject_seed(qmp_socket: Path) -> None:
 
 def alive(pid: int) -> bool:
     return process.alive(pid, QEMU)
+
+
+def shutdown(pid: int, qmp_socket: Path, timeout: float, clock: Clock = REAL) -> bool:
+    """The ACPI power button (the guest shuts down cleanly and qemu exits), waited for up to
+    `timeout`; then quit. True when the guest powered off by itself."""
+    if alive(pid) and qmp_socket.exists():
+        try:
+            qmp(qmp_socket, "system_powerdown")
+        except Exception as e:  # no QMP: the hard way below
+            log.detail(f"QMP system_powerdown failed: {e}")
+    deadline = clock.now() + timeout
+    while alive(pid) and clock.now() < deadline:
+        clock.sleep(0.5)
+    clean = not alive(pid)
+    stop(pid, qmp_socket)
+    return clean
+
+
+def check_disk(disk: Path) -> None:
+    """A qcow2's own consistency check (`qemu-img check`): a damaged disk is not booted."""
+    result = subprocess.run(["qemu-img", "check", "-q", str(disk)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()
+        die(
+            f"the disk {disk} is damaged: {last[-1] if last else result.returncode}",
+            hint="its data cannot be trusted; `invoke destroy` the appliance",
+            status=ExitStatus.ERROR,
+        )
 
 
 def stop(pid: int, qmp_socket: Path | None, timeout: float = 5.0) -> None:

@@ -47,6 +47,10 @@ class Target(Protocol):
 
     def launch(self, spec: LaunchSpec, keep_on_failure: bool = False) -> Record: ...
 
+    def stop(self, record: Record) -> None: ...  # a clean shutdown; disk, address and keys stay
+
+    def start(self, record: Record) -> None: ...  # back, healthy, as it was
+
     def destroy(self, record: Record) -> None: ...
 
     def status(self, record: Record) -> str: ...

@@ -427,6 +427,45 @@ class DigitalOceanTarget:
             clock=self.clock,
         )
 
+    # -- stop / start ---------------------------------------------------------------------------------
+    def _power(self, record: Record, kind: str, wanted: str) -> None:
+        droplet_id = record.data.get("droplet_id")
+        if not droplet_id or record.status not in ("running", "stopped"):
+            die(f"{record.name} has no droplet to {kind}", hint="`invoke ls`", status=ExitStatus.USAGE)
+        api = self.api
+        api.call(f"{kind} droplet", api.client.droplet_actions.post, droplet_id, {"type": kind}, create=True)
+
+        def reached() -> bool:
+            return api.call("get droplet", api.client.droplets.get, droplet_id)["droplet"]["status"] == wanted
+
+        wait_until(
+            reached,
+            timeout=self.s.do.active_timeout,
+            interval=self.poll_interval,
+            what=f"the droplet to be {wanted}",
+            clock=self.clock,
+        )
+
+    def stop(self, record: Record) -> None:
+        if self.status(record) != "active":
+            die(f"{record.name} is not running", hint=f"`invoke start --name {record.name}`", status=ExitStatus.USAGE)
+        with step(record, "Shut the droplet down"):
+            self._power(record, "shutdown", "off")
+        record.status = "stopped"
+        record.data.pop("step", None)
+        record.save()
+
+    def start(self, record: Record) -> None:
+        if self.status(record) == "active":
+            die(f"{record.name} is running already", hint="`invoke verify` checks it", status=ExitStatus.USAGE)
+        with step(record, "Power the droplet on"):
+            self._power(record, "power_on", "active")
+        with step(record, "Wait until the appliance is healthy"):
+            self.health(record)
+        record.status = "running"
+        record.data.pop("step", None)
+        record.save()
+
     # -- destroy / status -------------------------------------------------------------------------------
     def destroy(self, record: Record) -> None:
         """Delete what the record names and whatever else carries the appliance's tag, wait until

@@ -39,6 +39,7 @@ SSH_PROBE_SECONDS = 1
 # exchange, the session) costs the emulated guest ~0.5 s of CPU each, and its vCPUs are busy until
 # first boot is done. Only a console silent this long gets SSH earlier, to ask first boot's unit.
 QUIET_CONSOLE_SECONDS = 120
+STOP_TIMEOUT = 90  # a clean shutdown under emulation (PostgreSQL and Synapse flush first)
 SLOW_CHECK_SECONDS = 20  # SSH checks on a first boot that has not reported on the console yet
 # What first boot (images/files/usr/local/lib/outband/firstboot.py) writes to the serial console.
 FIRSTBOOT_DONE = contract.CONSOLE_DONE
@@ -262,7 +263,7 @@ class LocalTarget:
         log.warn(f"no kernel was exported with {record.data.get('image')}: booting through firmware and GRUB (slower)")
         return None
 
-    def wait_healthy(self, record: Record, pid: int, ssh_only: bool = False) -> None:
+    def wait_healthy(self, record: Record, pid: int, ssh_only: bool = False, configured: bool = False) -> None:
         """SSH with the pinned key, then first boot's outcome, then Synapse through nginx with a
         certificate from the ACME CA.
 
@@ -276,7 +277,8 @@ class LocalTarget:
         now, sleep = self.clock.now, self.clock.sleep
         start = now()
         deadline = start + BOOT_TIMEOUT
-        ssh_ok, outcome, last_check, next_ssh_probe = False, None, start, 0.0
+        # A configured appliance (started again) has no first boot: its outcome is known.
+        ssh_ok, outcome, last_check, next_ssh_probe = False, "ok" if configured else None, start, 0.0
         while now() < deadline:
             if not qemu.alive(pid):
                 die("the VM stopped during boot", hint=f"see {record.path('serial.log')} and {record.path('qemu.log')}")
@@ -364,6 +366,68 @@ class LocalTarget:
             )
             return r.status == 200 and "versions" in r.json()
         return False
+
+    # -- stop / start (a host restart) ---------------------------------------------------------------
+    def running_pid(self, record: Record) -> int | None:
+        pid = record.data.get("pid")
+        return int(pid) if pid and qemu.alive(int(pid)) else None
+
+    def stop(self, record: Record) -> None:
+        """A clean shutdown (the ACPI power button, then a bounded wait, then off); the disk, the
+        address, the keys and the secrets stay, for `start`."""
+        pid = self.running_pid(record)
+        if pid is None:
+            die(
+                f"{record.name} is not running",
+                hint=f"`invoke start --name {record.name}` boots it",
+                status=ExitStatus.USAGE,
+            )
+        with common.step(record, "Shut the appliance down (ACPI power button)"):
+            ssh.close_master(record)
+            clean = qemu.shutdown(pid, record.path("qmp.sock"), timeout=STOP_TIMEOUT, clock=self.clock)
+            if not clean:
+                log.warn(f"{record.name} did not power off within {STOP_TIMEOUT} s: it was stopped hard")
+        record.data.pop("pid", None)
+        record.data.pop("step", None)
+        record.status = "stopped"
+        record.save()
+
+    def start(self, record: Record) -> None:
+        """Boot a stopped appliance again from its own disk: same address, ports, pinned host key and
+        secrets, no new launch contract (its first boot is done); returns when it serves Matrix."""
+        if self.running_pid(record) is not None:
+            die(f"{record.name} is running already", hint="`invoke verify` checks it", status=ExitStatus.USAGE)
+        if record.status not in ("running", "stopped"):
+            die(f"{record.name} was never launched completely", hint=f"`invoke destroy --name {record.name}`")
+        disk, base = record.path("disk.qcow2"), record.path(BASE)
+        if not disk.is_file() or not base.is_file():
+            die(
+                f"the disk of {record.name} is missing ({disk if not disk.is_file() else base})",
+                hint=f"nothing can bring it back: `invoke destroy --name {record.name}`",
+                status=ExitStatus.USAGE,
+            )
+        qemu.check_disk(disk)
+        address = record.data["address"]
+        taken = [f"{f.proto}/{f.host_port}" for f in forwards() if not port_free(address, f.proto, f.host_port)]
+        if taken:
+            die(
+                f"ports of {record.name} on {address} are taken: {', '.join(taken[:4])}",
+                hint="stop what listens there first",
+                status=ExitStatus.USAGE,
+            )
+        accel = qemu.choose_accel(self.s.vm.accel, record.path(KERNEL), self.s.dirs.cache)
+        with common.step(record, "Local ACME CA (pebble) and DNS names"):
+            # After a host restart the local DNS is empty again (it holds its names in memory).
+            pebble.ensure(self.s.dirs.state)
+            pebble.add_names(self.s.dirs.state, names(record.data["domain"]), address)
+        with common.step(record, f"Start the VM on {address} ({accel})"):
+            pid = qemu.start(self.vm_spec(record, address, accel, seed=False), record.path("qemu.log"))
+            record.set(pid=pid, accel=accel)
+        with common.step(record, "Boot (the appliance is configured: its services start by themselves)"):
+            self.wait_healthy(record, pid, configured=True)
+        record.status = "running"
+        record.data.pop("step", None)
+        record.save()
 
     # -- destroy / status ---------------------------------------------------------------------------
     def destroy(self, record: Record) -> None:

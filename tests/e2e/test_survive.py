@@ -1,0 +1,102 @@
+"""A local appliance survives its host: its disk never depends on a file a bake can replace, and
+`invoke stop` / `invoke start` bring it back — also after the host went down hard."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+
+import pytest
+from nio import RoomMessagesResponse
+
+from appliance import https, pebble, process, qemu
+from tests.e2e import clients
+from tests.e2e.conftest import WEBCLIENT, facts, invoke
+
+pytestmark = pytest.mark.vm
+APPLIANCE = "e2e-b"
+
+
+def certificate(record) -> bytes:
+    f = facts(record)
+    return json.dumps(
+        https.peer_certificate(f["address"], 443, f"matrix.{f['domain']}", f["acme_root"])["cert"]
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def conversation(second_appliance, tmp_path_factory):
+    """A message written before anything happens to the host (its account and device kept)."""
+    password = re.search(r"^password: (\S+)$", invoke("user.add", "kit", "--name", APPLIANCE).stdout, re.M).group(1)
+    device = clients.Device(facts(second_appliance), "kit", tmp_path_factory.mktemp("kit"))
+
+    async def write() -> str:
+        await device.login(password, "kit")
+        room = await device.client.room_create(name="notes")
+        await device.client.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "written before"})
+        await device.client.client_session.close()
+        return room.room_id
+
+    room_id = asyncio.run(write())
+    return {"device": device, "room_id": room_id}
+
+
+def still_there(conversation) -> bool:
+    device = conversation["device"]
+
+    async def read() -> list[str]:
+        device.client.client_session = None
+        await device.open()
+        try:
+            await device.client.sync(timeout=0)  # a token from now, to read back from
+            response = await device.client.room_messages(
+                conversation["room_id"], start=device.client.next_batch, limit=50
+            )
+            assert isinstance(response, RoomMessagesResponse), response
+            return [getattr(e, "body", "") for e in response.chunk]
+        finally:
+            await device.client.client_session.close()
+
+    return "written before" in asyncio.run(read())
+
+
+def test_a_new_bake_of_the_same_recipe_does_not_touch_a_running_appliance(second_appliance, baked, conversation):
+    before = invoke("bake", "--webclient", WEBCLIENT).stdout
+    new_image = re.search(r"^image:\s+(\S+\.qcow2)", before, re.M).group(1)
+    assert new_image != str(baked["image"])  # published beside it, never over it
+    baked["image"].unlink()  # as a prune would: the appliance runs from its own link
+    invoke("stop", "--name", APPLIANCE)
+    assert "stopped" in invoke("ls").stdout
+    invoke("start", "--name", APPLIANCE)
+    assert still_there(conversation)
+    verified = invoke("verify", "--name", APPLIANCE, check=False)
+    assert verified.returncode == 0, verified.stdout[-3000:]
+
+
+def test_bad_requests_to_stop_and_start_are_refused(second_appliance):
+    running = invoke("start", "--name", APPLIANCE, check=False)
+    assert running.returncode == 2 and "running already" in running.stderr and "hint:" in running.stderr
+
+
+def test_after_a_host_restart_start_brings_back_the_conversation_and_certificate(
+    second_appliance, conversation, settings
+):
+    cert = certificate(second_appliance)
+    # The host goes down hard: the VM and the local ACME CA and its DNS die without a word.
+    record = second_appliance
+    os.kill(int(json.loads(record.file.read_text())["data"]["pid"]), signal.SIGKILL)
+    for name, program in (("pebble", "pebble"), ("challtestsrv", "pebble-challtestsrv")):
+        pid = process.running(pebble.folder(settings.dirs.state) / f"{name}.pid", program)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+    listing = {line.split("\t")[0]: line.split("\t")[-1] for line in invoke("ls").stdout.splitlines()[1:]}
+    assert listing[APPLIANCE] == "stopped"
+    invoke("start", "--name", APPLIANCE)
+    assert qemu.alive(int(json.loads(record.file.read_text())["data"]["pid"]))
+    assert still_there(conversation)
+    assert certificate(second_appliance) == cert  # the same certificate, from its own disk
+    verified = invoke("verify", "--name", APPLIANCE, check=False)
+    assert verified.returncode == 0, verified.stdout[-3000:]
