@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +106,17 @@ def strict_positionals() -> None:
 
 
 def quiet_broken_pipes() -> None:
-    """`invoke audit | head` ends like any Unix tool when the reader goes away, instead of with a
-    BrokenPipeError traceback (Python ignores SIGPIPE by default)."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    """`invoke audit | head` ends like any Unix tool when the reader goes away (exit 141, no
+    traceback). Not by restoring SIGPIPE's default: that would also kill the process when a socket's
+    peer goes away (a probe of a booting appliance), where Python's BrokenPipeError is wanted."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if issubclass(kind, BrokenPipeError):
+            # stdout's reader is gone: nothing more can be said there, and nothing at exit either.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os._exit(128 + signal.SIGPIPE)
+        previous(kind, value, tb)
+
+    sys.excepthook = hook

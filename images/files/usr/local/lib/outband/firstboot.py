@@ -17,6 +17,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -246,24 +247,33 @@ def set_database_password(c: dict) -> None:
 DNS_WAIT_SECONDS = 15 * 60
 
 
+def dns_a(name: str) -> list[str]:
+    """What DNS says of a name (A records), asked through resolved without /etc/hosts (cloud-init
+    maps this machine's own FQDN, matrix.D, to 127.0.1.1 there) and without its cache (a cached
+    NXDOMAIN from a moment ago says nothing); the reason instead of addresses when it fails."""
+    result = subprocess.run(
+        ["resolvectl", "query", "--legend=no", "-4", "--synthesize=no", "--cache=no", name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        why = (result.stderr or result.stdout).strip().splitlines()
+        return [f"({why[-1].split(': ', 1)[-1] if why else 'no answer'})"]
+    return sorted(set(re.findall(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])", result.stdout)))
+
+
 def await_dns(c: dict) -> None:
     """Until every name resolves to this appliance's public address, before the certificate is asked
     for: a cloud's DNS records are made once the machine has an address, and a CA that sees a name
     missing (NXDOMAIN) fails the order and caches that answer (Let's Encrypt: up to a minute).
     Bounded, with back-off; each change of what DNS says is reported on the console."""
-    import socket
-
     wanted = c.get("public_ip")
     if not wanted:
         raise SystemExit("acme.await_dns needs this appliance's public address (none from the contract or metadata)")
     deadline, delay, last = time.monotonic() + DNS_WAIT_SECONDS, 2.0, None
     while True:
-        seen = {}
-        for name in names(c["domain"]):
-            try:
-                seen[name] = sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)})
-            except OSError as e:
-                seen[name] = [f"({e.strerror or e})"]
+        seen = {name: dns_a(name) for name in names(c["domain"])}
         if all(v == [wanted] for v in seen.values()):
             say(f"DNS: every name resolves to {wanted}")
             return
