@@ -6,15 +6,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance import contract, log, secrets, ssh
-from appliance.errors import OutbandError
+from appliance import contract, log, secrets, ssh, systemd
+from appliance.errors import OutbandError, die
 from appliance.state import Record, write_private
 
 names = contract.names
@@ -106,3 +108,34 @@ def undo_on_failure(record: Record, destroy: Callable[[Record], None], keep: boo
             raise
         step = record.data.get("step")
         raise OutbandError(f"launch failed{f' at {step!r}' if step else ''}: {e}", hint=f"see {log.log_path()}") from e
+
+
+def firstboot_state(record: Record) -> str | None:
+    """First boot's state over SSH: None while it runs, "ok", or why it failed or never ran."""
+    show = ssh.command(
+        record,
+        "systemctl show -p ActiveState -p ConditionResult -p ConditionTimestampMonotonic outband-firstboot.service",
+        timeout=20,
+    )
+    state = systemd.show_one(show.stdout)
+    if state.get("ActiveState") == "failed":
+        return "the first-boot unit failed"
+    if state.get("ActiveState") == "active":
+        return "ok"
+    # ConditionResult reads "no" until the conditions are checked: only a check that happened counts.
+    checked = state.get("ConditionTimestampMonotonic", "0") not in ("", "0")
+    if state.get("ActiveState") == "inactive" and checked and state.get("ConditionResult") == "no":
+        return "it did not run: no launch contract on the appliance (cloud-init did not apply the user-data)"
+    return None
+
+
+def first_boot_failed(record: Record, cause: str) -> NoReturn:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # the log gets the journal when SSH allows
+        journal = ssh.command(
+            record, "sudo journalctl -u outband-firstboot.service -n 60 --no-pager -o cat", timeout=30
+        )
+        log.detail("first-boot journal:\n" + journal.stdout.strip())
+    die(
+        f"first boot failed on the appliance: {cause}",
+        hint=f"ssh -F {record.path('ssh_config')} {ssh.alias(record.name)} journalctl -u outband-firstboot",
+    )

@@ -402,19 +402,25 @@ class DigitalOceanTarget:
         )
 
     def wait_healthy(self, record: Record) -> None:
-        """SSH with the pinned host key, then Synapse through nginx with a certificate that chains
-        to the trusted roots (first boot waits for DNS before it asks for one)."""
+        """SSH with the pinned host key, first boot finished (a failure is reported at once, with
+        its journal), then Synapse through nginx with a certificate that chains to the trusted
+        roots (first boot waits for DNS before it asks for one)."""
         domain, address, roots = record.data["domain"], record.data["address"], self.trust_roots()
 
         def healthy() -> bool:
             try:
-                if ssh.command(record, "true", timeout=20).returncode != 0:
-                    return False
-                r = https.request(
-                    address, contract.PORTS["https"], f"matrix.{domain}", "/_matrix/client/versions", roots
-                )
-                return r.status == 200
-            except Exception as e:  # not up yet: no SSH, no TLS, no certificate yet
+                outcome = common.firstboot_state(record)
+            except Exception as e:  # no SSH yet
+                log.detail(f"not healthy yet: {e}")
+                return False
+            if outcome not in (None, "ok"):
+                common.first_boot_failed(record, outcome)
+            if outcome is None:
+                return False
+            try:
+                port = contract.PORTS["https"]
+                return https.request(address, port, f"matrix.{domain}", "/_matrix/client/versions", roots).status == 200
+            except Exception as e:  # no TLS, no certificate yet
                 log.detail(f"not healthy yet: {e}")
                 return False
 

@@ -15,9 +15,8 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import NoReturn
 
-from appliance import contract, https, images, log, pebble, qemu, ssh, systemd, userdata
+from appliance import contract, https, images, log, pebble, qemu, ssh, userdata
 from appliance.cache import Cache
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
@@ -322,36 +321,8 @@ class LocalTarget:
             )
         return False
 
-    @staticmethod
-    def check_firstboot(record: Record) -> str | None:
-        """First boot's state over SSH: None while it runs, "ok", or why it failed or never ran."""
-        show = ssh.command(
-            record,
-            "systemctl show -p ActiveState -p ConditionResult -p ConditionTimestampMonotonic outband-firstboot.service",
-            timeout=20,
-        )
-        state = systemd.show_one(show.stdout)
-        if state.get("ActiveState") == "failed":
-            return "the first-boot unit failed"
-        if state.get("ActiveState") == "active":
-            return "ok"
-        # ConditionResult reads "no" until the conditions are checked: only a check that happened counts.
-        checked = state.get("ConditionTimestampMonotonic", "0") not in ("", "0")
-        if state.get("ActiveState") == "inactive" and checked and state.get("ConditionResult") == "no":
-            return "it did not run: no launch contract on the appliance (cloud-init did not apply the user-data)"
-        return None
-
-    @staticmethod
-    def first_boot_failed(record: Record, cause: str) -> NoReturn:
-        with contextlib.suppress(subprocess.TimeoutExpired):  # the log gets the journal when SSH allows
-            journal = ssh.command(
-                record, "sudo journalctl -u outband-firstboot.service -n 60 --no-pager -o cat", timeout=30
-            )
-            log.detail("first-boot journal:\n" + journal.stdout.strip())
-        die(
-            f"first boot failed on the appliance: {cause}",
-            hint=f"ssh -F {record.path('ssh_config')} {ssh.alias(record.name)} journalctl -u outband-firstboot",
-        )
+    check_firstboot = staticmethod(common.firstboot_state)
+    first_boot_failed = staticmethod(common.first_boot_failed)
 
     @staticmethod
     def serves_matrix(address: str, domain: str, record: Record) -> bool:

@@ -5,6 +5,7 @@
 set -eu
 cp -r "$OUTBAND_STAGE/files/." /
 chmod 0755 /usr/local/lib/outband/firstboot.py /usr/local/lib/outband/render-static \
+  /usr/local/lib/outband/restore-ipv6ll \
   /etc/letsencrypt/renewal-hooks/deploy/outband
 chmod 0644 /usr/local/lib/outband/synapse-start.py /usr/local/lib/outband/contract.json
 chmod 0644 /etc/systemd/system/*.service
@@ -62,4 +63,5 @@ done
 install -d -m 0755 /var/lib/outband
 systemctl daemon-reload 2>/dev/null || true
 systemctl enable outband-firstboot.service synapse.service nginx.service coturn.service \
-  postgresql.service nftables.service unattended-upgrades.service ssh.service >/dev/null 2>&1
+  postgresql.service nftables.service unattended-upgrades.service ssh.service \
+  outband-restore-ipv6ll.service >/dev/null 2>&1

@@ -141,9 +141,35 @@ def names(domain: str) -> list[str]:
 METADATA_PUBLIC_IPV4 = CONSTANTS["metadata"]["public_ipv4"]
 
 
+def own_ipv4() -> str:
+    """The address of the interface the default route leaves by (a netlink query: nothing is sent)."""
+    routes = json.loads(
+        subprocess.run(["ip", "-4", "-j", "route", "show", "default"], capture_output=True, text=True).stdout or "[]"
+    )
+    if not routes:
+        return ""
+    addresses = json.loads(
+        subprocess.run(
+            ["ip", "-4", "-j", "addr", "show", "dev", routes[0]["dev"]], capture_output=True, text=True
+        ).stdout
+        or "[]"
+    )
+    return next((a["local"] for link in addresses for a in link.get("addr_info", [])), "")
+
+
+def discover_addresses(c: dict) -> None:
+    """The public address (on a cloud known only once the machine exists: the metadata service,
+    reachable by root only), and the machine's own address where it differs (behind a 1:1 NAT:
+    coturn must know both to hand out relay addresses that work)."""
+    discover_public_ip(c)
+    if c.get("public_ip") and not c.get("private_ip"):
+        own = own_ipv4()
+        if own and own != c["public_ip"]:
+            c["private_ip"] = own
+            say(f"this machine's own address is {own}, its public one {c['public_ip']}")
+
+
 def discover_public_ip(c: dict) -> None:
-    """On DigitalOcean the address is known only once the droplet exists: ask the metadata service
-    (reachable by root only; nftables rejects everyone else)."""
     if c.get("public_ip"):
         return
     import urllib.request  # here: only a cloud needs it, and its import costs seconds under emulation
@@ -411,7 +437,7 @@ FAILED = CONSTANTS["console"]["failed"]
 
 def configure() -> str:
     c = load_contract()
-    discover_public_ip(c)
+    discover_addresses(c)
     env = template_env()
     render_site(c, env, tls=False)
     # Started without waiting: nginx (for ACME http-01) comes up while certbot starts (its
