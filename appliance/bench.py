@@ -19,6 +19,12 @@ from appliance.state import Store
 from appliance.targets import LaunchSpec, Target
 from appliance.targets import get as get_target
 
+# Distributions (each value one message or one sign-in), reported as p50/p95.
+LATENCIES = {
+    "journey_sign_in_s": ("Browser sign-in → #control visible (Hydrogen, headless Chromium)", "s"),
+    "journey_browser_to_nio_ms": ("Message sent in the browser → decrypted by a nio device", "ms"),
+    "journey_nio_to_browser_ms": ("Message sent by a nio device → shown decrypted in the browser", "ms"),
+}
 TARGETS = {
     "bake_cold_s": ("Cold bake (empty cache)", 360, "≤ 6 min"),
     "bake_warm_s": ("Warm re-bake, one provision script changed (base cached)", 90, "≤ 90 s"),
@@ -74,7 +80,9 @@ def idle_memory(record) -> tuple[float, float]:
     return rss, used
 
 
-def run(s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60) -> tuple[dict[str, list[float]], str]:
+def run(
+    s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60, journey: bool = False
+) -> tuple[dict[str, list[float]], str]:
     """Returns the measurements and the acceleration the appliances ran with."""
     results: dict[str, list[float]] = {k: [] for k in TARGETS}
     accel = "?"
@@ -110,6 +118,11 @@ def run(s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60) -
         time.sleep(idle_seconds)  # let first-start work settle before measuring idle memory
         rss, used = idle_memory(record)
         results["idle_rss_mb"].append(rss)
+        if journey:  # a browser and a nio client on the same appliance (tests/bench/journey.py)
+            from tests.bench import journey as journey_bench
+
+            for key, values in journey_bench.measure(record).items():
+                results.setdefault(key, []).extend(values)
         results["guest_used_mb"].append(used)
         seconds, _ = timed(target.destroy, record)
         results["destroy_s"].append(seconds)
@@ -147,6 +160,11 @@ def write_markdown(
         "| Measure | Median | Runs | Target | Met |",
         "| --- | ---: | ---: | --- | --- |",
     ]
+    for key, (label, unit) in LATENCIES.items():
+        values = sorted(results.get(key) or [])
+        if values:
+            p50, p95 = values[len(values) // 2], values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+            lines.append(f"| {label} | p50 {p50:.0f} {unit}, p95 {p95:.0f} {unit} | {len(values)} | | |")
     for key, (label, limit, target_text) in TARGETS.items():
         values = results.get(key) or []
         if not values:
@@ -176,5 +194,7 @@ def write_markdown(
         "```",
         "",
     ]
-    path.write_text("\n".join(lines))
+    # Sections written by hand (e.g. the test suite's stages, the simulator's launch) are kept.
+    kept = path.read_text().split("\n## ", 1)[1] if path.exists() and "\n## " in path.read_text() else ""
+    path.write_text("\n".join(lines) + (f"\n## {kept}" if kept else ""))
     return path

@@ -1,12 +1,20 @@
-"""End-to-end: real bake, real VMs (qemu; TCG here), real ACME, real clients. Slow by nature."""
+"""End-to-end: real bakes, real VMs (qemu; TCG here), real ACME, real clients. Slow by nature.
+
+Every VM test runs the operator's commands as typed (`invoke …` in a subprocess) against this
+session's own state and output directories (never the developer's), launches pass `--image`
+explicitly, and launched appliances are shared through session fixtures: each boot costs a minute.
+The artifact cache (~/.cache/outband) is shared on purpose: a warm run bakes in seconds.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +22,47 @@ import pytest
 from tests.conftest import REPO, repo_settings
 
 WEBCLIENT = os.environ.get("OUTBAND_E2E_WEBCLIENT", "hydrogen")  # Element needs GitHub, unreachable in CI
+REPORTS = REPO / "build/reports"
 
 
-def invoke(*args: str, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
+@dataclass(frozen=True)
+class Session:
+    """This test session's own directories; the invoke subprocesses get them through INVOKE_* variables."""
+
+    state: Path
+    output: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "INVOKE_OUTBAND_DIRS_STATE": str(self.state),
+            "INVOKE_OUTBAND_DIRS_OUTPUT": str(self.output),
+            **extra,
+        }
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory) -> Iterator[Session]:
+    """The session's directories, also in this process's environment for the whole session: every
+    `invoke` it runs (the helper below, or a test's own subprocess) uses them."""
+    root = tmp_path_factory.mktemp("outband-e2e")
+    session = Session(root / "state", root / "output")
+    saved = {k: os.environ.get(k) for k in ("INVOKE_OUTBAND_DIRS_STATE", "INVOKE_OUTBAND_DIRS_OUTPUT")}
+    os.environ.update(session.env())
+    yield session
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def invoke(
+    *args: str, check: bool = True, timeout: float = 3600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`invoke ARGS` as an operator types it (stdin closed, output captured, i.e. piped), with the
+    session's directories (the e2e fixture puts them in the environment)."""
+    assert "INVOKE_OUTBAND_DIRS_STATE" in os.environ, "request the e2e fixture (directly or through another)"
     result = subprocess.run(
         ["invoke", *args],
         cwd=REPO,
@@ -25,6 +71,7 @@ def invoke(*args: str, check: bool = True, timeout: float = 3600) -> subprocess.
         timeout=timeout,
         check=False,
         stdin=subprocess.DEVNULL,
+        env=env or dict(os.environ),
     )
     if check and result.returncode != 0:
         raise AssertionError(f"invoke {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
@@ -32,25 +79,26 @@ def invoke(*args: str, check: bool = True, timeout: float = 3600) -> subprocess.
 
 
 @pytest.fixture(scope="session")
-def settings():
-    return repo_settings(webclient=WEBCLIENT)
+def settings(e2e):
+    s = repo_settings(webclient=WEBCLIENT)
+    return replace(s, dirs=replace(s.dirs, state=e2e.state, output=e2e.output))
 
 
 @pytest.fixture(scope="session")
-def baked(settings) -> dict:
+def baked(e2e, settings) -> dict:
     """One bake for the session (the artifact cache makes it fast when warm)."""
-    invoke("bake", "--webclient", WEBCLIENT)
-    pointer = json.loads((settings.dirs.output / "images/latest.json").read_text())
-    images = settings.dirs.output / "images"
+    result = invoke("bake", "--webclient", WEBCLIENT)
+    path = Path(re.search(r"^image:\s+(\S+\.qcow2)", result.stdout, re.MULTILINE).group(1))
+    stem = path.name.removesuffix(".qcow2")
     return {
-        "image": images / pointer["image"],
-        "manifest": json.loads((images / pointer["manifest"]).read_text()),
-        "sbom": json.loads((images / pointer["sbom"]).read_text()),
+        "image": path,
+        "manifest": json.loads(path.with_name(f"{stem}.manifest.json").read_text()),
+        "sbom": json.loads(path.with_name(f"{stem}.sbom.json").read_text()),
     }
 
 
 @pytest.fixture(scope="session")
-def store(settings):
+def store(e2e, settings):
     from appliance.state import Store
 
     return Store(settings.dirs.state)
@@ -60,21 +108,29 @@ def state_dir(settings, name: str) -> Path:
     return settings.dirs.state / "appliances" / name
 
 
-NAMES = ("e2e-a", "e2e-b")
+@contextlib.contextmanager
+def appliance(baked, store, name: str) -> Iterator:
+    """A launched appliance (the operator's `invoke launch --image …`), destroyed afterwards whatever happens."""
+    invoke("destroy", "--name", name, "--yes")
+    try:
+        invoke("launch", "--name", name, "--image", str(baked["image"]))
+        yield store.require(name)
+    finally:
+        invoke("destroy", "--name", name, "--yes", check=False)
 
 
 @pytest.fixture(scope="session")
-def launched(baked, settings, store):
-    """Two appliances, launched one beside the other; destroyed at the end whatever happens."""
-    for name in NAMES:
-        invoke("destroy", "--name", name, "--yes")
-    try:
-        for name in NAMES:
-            invoke("launch", "--name", name)
-        yield {name: store.require(name) for name in NAMES}
-    finally:
-        for name in NAMES:
-            invoke("destroy", "--name", name, "--yes", check=False)
+def journey_appliance(baked, store):
+    """The appliance the responder's journey (and the team operations) run on."""
+    with appliance(baked, store, "e2e-a") as record:
+        yield record
+
+
+@pytest.fixture(scope="session")
+def second_appliance(baked, store):
+    """A second appliance beside the first (lifecycle checks; destroyed by a test)."""
+    with appliance(baked, store, "e2e-b") as record:
+        yield record
 
 
 @contextlib.contextmanager
@@ -82,6 +138,7 @@ def bare_appliance(settings, name: str, image: Path) -> Iterator[tuple]:
     """The image exactly as baked, booted with SSH access only (no launch contract); destroyed after."""
     import testinfra
 
+    from appliance import images
     from appliance.targets import LaunchSpec
     from appliance.targets.local import LocalTarget
 
@@ -89,8 +146,12 @@ def bare_appliance(settings, name: str, image: Path) -> Iterator[tuple]:
     existing = target.store.get(name)
     if existing:
         target.destroy(existing)
-    record = target.launch(LaunchSpec.ssh_only(name, image))
+    record = target.launch(LaunchSpec.ssh_only(name, images.disk_image(image)))
     try:
         yield testinfra.get_host(f"ssh://outband-{name}", ssh_config=str(record.path("ssh_config"))), record
     finally:
         target.destroy(record)
+
+
+def facts(record) -> dict:
+    return json.loads(record.path("facts.json").read_text())

@@ -1,8 +1,8 @@
-"""bake (cached) → launch → verify → destroy, for real: two appliances side by side, bad input, Ctrl-C."""
+"""bake (cached) → launch → verify → destroy, for real: two appliances side by side, bad input, Ctrl-C,
+a failing first boot, a reboot, Element web's path, and destroy."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import socket
@@ -14,12 +14,17 @@ import pytest
 
 from appliance import qemu, ssh
 from tests.conftest import REPO
-from tests.e2e.conftest import NAMES, invoke, state_dir
+from tests.e2e.conftest import invoke, state_dir
 
 pytestmark = pytest.mark.vm
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.fixture(scope="module")
+def launched(journey_appliance, second_appliance):
+    return {"e2e-a": journey_appliance, "e2e-b": second_appliance}
+
+
+@pytest.mark.parametrize("name", ["e2e-a", "e2e-b"])
 def test_verify_passes(launched, name):
     result = invoke("verify", "--name", name, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -28,13 +33,28 @@ def test_verify_passes(launched, name):
 def test_appliances_run_side_by_side_on_their_own_addresses(launched):
     addresses = {r.data["address"] for r in launched.values()}
     assert len(addresses) == 2
-    listing = invoke("ls").stdout + invoke("ls").stderr
-    for name in NAMES:
-        assert name in listing
+    listing = {line.split("\t")[0]: line.split("\t") for line in invoke("ls").stdout.splitlines()[1:]}
+    assert listing["e2e-a"][-1] == listing["e2e-b"][-1] == "running"
+
+
+def test_an_appliance_owns_its_disk(launched, settings):
+    """Its disk is layered on its own link to the image, in its state: not on a file under build/
+    that a later bake or a prune may replace or remove."""
+    from appliance import qemu as q
+
+    record = launched["e2e-b"]
+    info = json.loads(
+        q.run(
+            ["qemu-img", "info", "--output=json", "-U", record.path("disk.qcow2")], what="qemu-img info", capture=True
+        )
+    )
+    backing = Path(record.dir, info["backing-filename"]).resolve()
+    assert backing == record.path("base.qcow2")
+    assert settings.dirs.output not in backing.parents
 
 
 def test_two_launches_never_share_a_secret_or_key(launched):
-    a, b = (launched[n] for n in NAMES)
+    a, b = (launched[n] for n in ("e2e-a", "e2e-b"))
     sa = json.loads(a.path("secrets.json").read_text())
     sb = json.loads(b.path("secrets.json").read_text())
     for field in sa:
@@ -56,9 +76,9 @@ def test_state_is_private_and_the_seed_is_gone(launched):
         assert "inserted" not in cd  # the virtual drive is empty
 
 
-def test_a_name_in_use_is_refused_and_nothing_is_touched(launched):
+def test_a_name_in_use_is_refused_and_nothing_is_touched(launched, baked):
     before = launched["e2e-a"].path("appliance.json").read_text()
-    result = invoke("launch", "--name", "e2e-a", check=False)
+    result = invoke("launch", "--name", "e2e-a", "--image", str(baked["image"]), check=False)
     assert result.returncode == 2
     assert "already exists" in result.stderr
     assert launched["e2e-a"].path("appliance.json").read_text() == before
@@ -82,19 +102,6 @@ def test_bad_input_is_one_line_with_a_hint_and_leaves_nothing(settings, args, me
     assert not state_dir(settings, "Bad_Name").exists()
 
 
-def test_a_taken_port_is_refused_and_leaves_nothing(baked, settings, store, launched):
-    used = {r.data.get("address") for r in store.all()}
-    address = next(f"127.0.100.{n}" for n in range(1, 255) if f"127.0.100.{n}" not in used)
-    with socket.socket() as blocker:
-        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        blocker.bind((address, 8448))
-        blocker.listen()
-        result = invoke("launch", "--name", "e2e-port", check=False)
-    assert result.returncode == 2
-    assert f"port 8448 on {address} is already taken" in result.stderr
-    assert not state_dir(settings, "e2e-port").exists()
-
-
 def _default_sigint() -> None:
     # A job started in the background without job control (`cmd &` in a script) inherits SIGINT
     # ignored, and Python then never raises KeyboardInterrupt: give the launch Ctrl-C's default.
@@ -102,10 +109,11 @@ def _default_sigint() -> None:
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
-def test_an_interrupted_launch_removes_what_was_made(baked, settings, launched, signum, status):
+def test_an_interrupted_launch_removes_what_was_made(baked, settings, e2e, signum, status):
     proc = subprocess.Popen(
-        ["invoke", "launch", "--name", "e2e-int"],
+        ["invoke", "launch", "--name", "e2e-int", "--image", str(baked["image"])],
         cwd=REPO,
+        env=e2e.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -137,16 +145,21 @@ def test_a_failing_first_boot_is_reported_with_its_cause_and_cleaned_up(baked, s
     """Fault injected at the DNS: the names point at an address where no appliance listens, so the
     real ACME validation fails on the appliance. The launcher must name the cause (read from the
     serial console) and remove everything, VM included."""
-    from appliance import pebble
+    from appliance import images, pebble
     from appliance.errors import OutbandError
     from appliance.targets import LaunchSpec
     from appliance.targets.local import LocalTarget
 
     real_add_names = pebble.add_names
-    monkeypatch.setattr(pebble, "add_names", lambda names, address: real_add_names(names, "127.0.100.254"))
+    monkeypatch.setattr(
+        pebble, "add_names", lambda state, names, address: real_add_names(state, names, "127.0.100.254")
+    )
     target = LocalTarget(settings)
     spec = LaunchSpec(
-        name="e2e-acme", domain="e2e-acme.outband.test", image=baked["image"], contact_email="ops@example.org"
+        name="e2e-acme",
+        domain="e2e-acme.outband.test",
+        image=images.disk_image(baked["image"]),
+        contact_email="ops@example.org",
     )
     with pytest.raises(OutbandError, match=r"first boot failed on the appliance: CalledProcessError: .*certbot"):
         target.launch(spec)
@@ -161,44 +174,97 @@ def read_or_empty(path: Path) -> bytes:
         return b""
 
 
-def remote(record, command: str) -> str:
-    """stdout of a command on the appliance, "" while SSH does not answer (e.g. during a reboot)."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        result = ssh.command(record, command, timeout=20)
-        if result.returncode == 0:
-            return result.stdout.strip()
-    return ""
+def test_element_web_from_a_pinned_tarball_is_served(launched, tmp_path):
+    """Element web's path, offline: a release tarball of Element's layout, pinned by sha256 and put
+    where the bake's error message says, becomes the site the appliance serves with its own
+    per-launch config.json (30-webclient.sh, run on the appliance as a bake runs it)."""
+    import hashlib
+    import io
+    import tarfile
 
+    from appliance import https, webclient
+    from appliance.cache import Cache
+    from appliance.errors import OutbandError
 
-def test_a_rebooted_appliance_comes_back_configured_and_verifies(launched):
-    """A configured appliance survives a reboot (a kernel update needs one): cloud-init and first
-    boot stay retired, the services start on their own, and verify passes again."""
-    record = launched["e2e-a"]
-    boot_id = remote(record, "cat /proc/sys/kernel/random/boot_id")
-    assert boot_id
-    ssh.command(record, "sudo systemctl reboot", timeout=20)
-    ssh.close_master(record)
-    deadline = time.monotonic() + 600
-    while remote(record, "cat /proc/sys/kernel/random/boot_id") in ("", boot_id):
-        assert time.monotonic() < deadline, "no new boot of e2e-a within 10 minutes"
-        time.sleep(3)
-    while remote(record, "systemctl is-active synapse.service coturn.service nginx.service").split() != ["active"] * 3:
-        assert time.monotonic() < deadline, "services not back within 10 minutes of the reboot"
-        time.sleep(3)
-    result = invoke("verify", "--name", "e2e-a", check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    marker = "Element (a locally made release tarball)"
+    tarball = tmp_path / "element-v9.9.9.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name, body in (
+            ("index.html", f"<!doctype html><title>{marker}</title><script src=bundles/app.js></script>"),
+            ("config.sample.json", '{"default_server_config": {}}'),
+            ("bundles/app.js", "console.log('element');"),
+            ("version", "9.9.9"),
+        ):
+            data = body.encode()
+            info = tarfile.TarInfo(f"element-v9.9.9/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    pin = tmp_path / "element.json"
+    url = "https://github.invalid/element-v9.9.9.tar.gz"
+    pin.write_text(json.dumps({"version": "9.9.9", "url": url, "sha256": "0" * 64}))
+    cache = Cache(tmp_path / "cache")
+    placed = cache.path("downloads", "element-v9.9.9", ".tar.gz")
+    with pytest.raises(OutbandError, match="cannot fetch Element web") as err:
+        webclient.element(cache, pin)
+    assert str(placed) in err.value.hint  # the offline path: put the file where the hint says
+    placed.parent.mkdir(parents=True, exist_ok=True)
+    placed.write_bytes(tarball.read_bytes())
+    with pytest.raises(OutbandError, match=r"the pin in images/lock/element\.json says"):
+        webclient.element(cache, pin)
+    pin.write_text(json.dumps({"version": "9.9.9", "url": url, "sha256": digest}))
+    web = webclient.element(cache, pin)
+    assert web.sha256 == digest
 
-
-def test_destroy_removes_everything_and_is_idempotent(launched, settings):
     record = launched["e2e-b"]
-    pid = int(record.data["pid"])
-    address = record.data["address"]
-    started = time.monotonic()
-    invoke("destroy", "--name", "e2e-b", "--yes")
-    assert time.monotonic() - started < 30
+    stage = tmp_path / "stage"
+    (stage / "provision").mkdir(parents=True)
+    (stage / "provision/30-webclient.sh").write_text((REPO / "images/provision/30-webclient.sh").read_text())
+    (stage / "webclient.tar").write_bytes(web.tar.read_bytes())
+    subprocess.run(
+        [
+            "scp",
+            "-q",
+            "-r",
+            "-F",
+            str(record.path("ssh_config")),
+            str(stage),
+            f"{ssh.alias(record.name)}:/tmp/outband-stage",
+        ],
+        check=True,
+    )
+    ran = ssh.command(
+        record, "sudo env OUTBAND_STAGE=/tmp/outband-stage sh -eu /tmp/outband-stage/provision/30-webclient.sh"
+    )
+    assert ran.returncode == 0, ran.stderr
+    domain, ca = record.data["domain"], str(record.path("acme-root.pem"))
+    page = https.request(record.data["address"], 443, f"element.{domain}", "/", ca)
+    assert page.status == 200 and marker.encode() in page.body
+    config = https.request(record.data["address"], 443, f"element.{domain}", "/config.json", ca).json()
+    assert config["default_server_config"]["m.homeserver"]["base_url"] == f"https://matrix.{domain}"
+
+
+@pytest.fixture
+def doomed(baked, settings):
+    """An appliance of this test's own to destroy (the image booted with SSH access only: the
+    quickest boot; destroy removes the same things either way)."""
+    from appliance import images
+    from appliance.targets import LaunchSpec
+    from appliance.targets.local import LocalTarget
+
+    target = LocalTarget(settings)
+    record = target.launch(LaunchSpec.ssh_only("e2e-doomed", images.disk_image(baked["image"])))
+    yield record
+    if target.store.get("e2e-doomed"):
+        target.destroy(record)
+
+
+def test_destroy_removes_everything_and_is_idempotent(doomed, settings):
+    pid, address = int(doomed.data["pid"]), doomed.data["address"]
+    invoke("destroy", "--name", "e2e-doomed", "--yes")
     assert not qemu.alive(pid)
-    assert not state_dir(settings, "e2e-b").exists()
+    assert not state_dir(settings, "e2e-doomed").exists()
     with socket.socket() as sock:  # its ports are free again
-        sock.bind((address, 443))
-    again = invoke("destroy", "--name", "e2e-b", "--yes")
-    assert again.returncode == 0
+        sock.bind((address, 2222))
+    again = invoke("destroy", "--name", "e2e-doomed", "--yes")
+    assert again.returncode == 0 and "nothing to destroy" in again.stderr

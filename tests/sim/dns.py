@@ -6,9 +6,8 @@ real authoritative server says for a name it does not hold: what Let's Encrypt c
 minute). Every other name goes to this machine's own resolver: a build droplet's apt and pip need
 Debian's and PyPI's names.
 
-It listens on 127.0.0.1:53: qemu's user network delivers a guest's UDP to any address of the
-guest's virtual network (other than its built-in DNS) to the host's 127.0.0.1 on the same port,
-and resolvers only ever ask port 53.
+It listens on 127.0.0.1:53: qemu's user network delivers a guest's UDP to its host address to
+the host's 127.0.0.1 on the same port, and resolvers only ever ask port 53.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ METADATA_SCRIPT = Path(__file__).resolve().parent / "metadata.py"
 GUEST_NET = "169.254.0.0/16"
 GUEST_HOST = "169.254.0.2"  # this machine, as the guest sees it (qemu's user network)
 GUEST_ADDRESS = "169.254.0.15"
-GUEST_DNS = "169.254.0.53"  # any address of the virtual network but its built-in DNS: host 127.0.0.1:53
+# The simulated DNS (SimulatedDns on this machine's 127.0.0.1:53): qemu delivers a guest's UDP to its
+# host address to 127.0.0.1 on the same port (and answers ARP only for its own addresses).
+GUEST_DNS = GUEST_HOST
 METADATA = contract.constants()["metadata"]["address"]
 
 
@@ -145,7 +147,9 @@ class QemuMachines:
             "-device",
             f"virtio-net-pci,netdev=net0,mac={mac}",
             "-drive",
-            f"file={disk},format=qcow2,if=virtio,discard=unmap,cache=writeback",
+            # cache=unsafe: the simulator's disks need not survive a crash of this machine, and under
+            # emulation a build's many flushes (dpkg, pip) cost minutes.
+            f"file={disk},format=qcow2,if=virtio,discard=unmap,cache=unsafe",
         ]
         proc = process.spawn(argv, folder / "qemu.log", folder / "qemu.pid")
         self.pids[droplet["id"]] = proc.pid
