@@ -26,6 +26,7 @@ import urllib3
 
 from appliance import ssh
 from appliance.errors import ExitStatus, OutbandError, die
+from appliance.net import free_port
 from appliance.state import Record, write_private
 from appliance.wait import wait_until
 
@@ -58,16 +59,10 @@ def fingerprint(ed25519: str) -> str:
     return " ".join(ed25519[i : i + 4] for i in range(0, len(ed25519), 4))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def tunnel(record: Record) -> Iterator[str]:
     """http://127.0.0.1:PORT → the appliance's Synapse on its own 127.0.0.1:8008, through SSH."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             "ssh",

@@ -11,13 +11,13 @@ session's own state never meets a developer's running appliances.
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
 
 from appliance import http, log, process
+from appliance.net import free_port, listening
 from appliance.run import require
 from appliance.state import private_dir, write_private
 from appliance.wait import wait_until
@@ -44,25 +44,56 @@ def folder(state_root: Path) -> Path:
     return state_root / "pebble"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LISTEN, 0))
-        return sock.getsockname()[1]
-
-
 def ports(state_root: Path) -> dict[str, int]:
     """This state's pebble ports, chosen once (free at that time) and kept."""
     file = folder(state_root) / "ports.json"
     if file.exists():
         return json.loads(file.read_text())
-    chosen = {name: _free_port() for name in PORT_NAMES}
+    chosen = {name: free_port() for name in PORT_NAMES}
     write_private(file, json.dumps(chosen))
     return chosen
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((LISTEN, port)) == 0
+def challtestsrv_argv(dns_port: int, management_port: int) -> list[str]:
+    """pebble-challtestsrv as a DNS server only, on loopback, that answers nothing it was not told."""
+    return [
+        require("pebble-challtestsrv"),
+        "-dns01",
+        f"{LISTEN}:{dns_port}",
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+        "-management",
+        f"{LISTEN}:{management_port}",
+        # No made-up answers (its default is 127.0.0.1 for any name).
+        "-defaultIPv4",
+        "",
+        "-defaultIPv6",
+        "",
+    ]
+
+
+def pebble_config(acme_port: int, management_port: int, cert: Path, key: Path) -> dict:
+    """pebble's configuration: http-01 and tls-alpn-01 validation on the standard ports."""
+    return {
+        "pebble": {
+            "listenAddress": f"{LISTEN}:{acme_port}",
+            "managementListenAddress": f"{LISTEN}:{management_port}",
+            "certificate": str(cert),
+            "privateKey": str(key),
+            "httpPort": 80,  # http-01 goes to the appliance's own (loopback) address, port 80
+            "tlsPort": 443,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+
+
+# No artificial validation delays; nonces are not randomly rejected (pebble's test chaos).
+PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
 
 
 def ensure(state_root: Path) -> AcmeCa:
@@ -75,54 +106,25 @@ def ensure(state_root: Path) -> AcmeCa:
         write_private(here / "api-ca.pem", ca.cert_pem.bytes())
         write_private(here / "api-cert.pem", b"".join(b.bytes() for b in leaf.cert_chain_pems))
         write_private(here / "api-key.pem", leaf.private_key_pem.bytes())
-    config = {
-        "pebble": {
-            "listenAddress": f"{LISTEN}:{p['acme']}",
-            "managementListenAddress": f"{LISTEN}:{p['management']}",
-            "certificate": str(here / "api-cert.pem"),
-            "privateKey": str(here / "api-key.pem"),
-            "httpPort": 80,  # http-01 goes to the appliance's own loopback address, port 80
-            "tlsPort": 443,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-    }
+    config = pebble_config(p["acme"], p["management"], here / "api-cert.pem", here / "api-key.pem")
     write_private(here / "pebble.json", json.dumps(config, indent=2))
     if not process.running(here / "challtestsrv.pid", "pebble-challtestsrv"):
         process.spawn(
-            [
-                require("pebble-challtestsrv"),
-                "-dns01",
-                f"{LISTEN}:{p['dns']}",
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-management",
-                f"{LISTEN}:{p['challtest']}",
-                # No made-up answers (its default is 127.0.0.1 for any name).
-                "-defaultIPv4",
-                "",
-                "-defaultIPv6",
-                "",
-            ],
+            challtestsrv_argv(p["dns"], p["challtest"]),
             here / "challtestsrv.log",
             here / "challtestsrv.pid",
         )
-        wait_until(lambda: _listening(p["challtest"]), timeout=15, interval=0.1, what="pebble-challtestsrv to listen")
+        wait_until(lambda: listening(p["challtest"]), timeout=15, interval=0.1, what="pebble-challtestsrv to listen")
     if not process.running(here / "pebble.pid", "pebble"):
         log.detail("starting pebble (local ACME CA)")
-        # No artificial validation delays; nonces are not randomly rejected (pebble's test chaos).
         process.spawn(
             [require("pebble"), "-config", str(here / "pebble.json"), "-dnsserver", f"{LISTEN}:{p['dns']}"],
             here / "pebble.log",
             here / "pebble.pid",
-            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+            env=PEBBLE_ENV,
         )
         for port in (p["acme"], p["management"]):
-            wait_until(lambda port=port: _listening(port), timeout=15, interval=0.1, what=f"pebble on port {port}")
+            wait_until(lambda port=port: listening(port), timeout=15, interval=0.1, what=f"pebble on port {port}")
     return AcmeCa(f"https://{GUEST_HOST}:{p['acme']}/dir", (here / "api-ca.pem").read_text(), here, p)
 
 

@@ -8,11 +8,9 @@ pebble through certbot on the appliance: the production path with another direct
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets as pysecrets
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from appliance.cache import Cache
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
 from appliance.images import DiskImage, Image
+from appliance.net import port_free
 from appliance.provisioners import Built, Chroot, PackerQemu, Provisioner
 from appliance.state import Record, Store, shred, write_private
 from appliance.targets import LaunchSpec, common
@@ -64,19 +63,6 @@ def forwards() -> list[qemu.Forward]:
     tcp = [qemu.Forward("tcp", ports[k], ports[k]) for k in ("http", "https", "federation", "turn", "turns")]
     udp = [qemu.Forward("udp", p, p) for p in (ports["turn"], ports["turns"], *contract.RELAY_PORTS)]
     return [qemu.Forward("tcp", SSH_PORT, ports["ssh"]), *tcp, *udp]
-
-
-def port_free(address: str, proto: str, port: int) -> bool:
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
 
 
 BASE = "base.qcow2"

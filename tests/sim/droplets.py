@@ -16,13 +16,12 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import socket
 import subprocess
 from pathlib import Path
 
 from appliance import contract, process, qemu
+from appliance.net import port_free
 from appliance.state import shred, write_private
 
 QEMU = "qemu-system-x86_64"
@@ -41,19 +40,6 @@ def forwards() -> list[tuple[str, int]]:
     tcp = [("tcp", ports[k]) for k in ("ssh", "http", "https", "federation", "turn", "turns")]
     udp = [("udp", ports[k]) for k in ("turn", "turns")] + [("udp", p) for p in contract.RELAY_PORTS]
     return tcp + udp
-
-
-def _free(address: str, proto: str, port: int) -> bool:
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
 
 
 class QemuMachines:
@@ -77,7 +63,7 @@ class QemuMachines:
         taken = set(self.addresses.values())
         for n in range(2, 255):
             address = f"127.0.101.{n}"
-            if address not in taken and all(_free(address, p, port) for p, port in forwards()):
+            if address not in taken and all(port_free(address, p, port) for p, port in forwards()):
                 return address
         raise RuntimeError("simulator: no free loopback address for another droplet")
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import http, process
+from appliance import http, pebble, process
+from appliance.net import free_port, listening
 from appliance.state import private_dir, write_private
 from appliance.wait import wait_until
 from tests.sim import droplets as sim_droplets
@@ -29,44 +29,16 @@ from tests.sim.dns import SimulatedDns
 from tests.sim.stock import Stock
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 class ChallTestDns:
     """pebble-challtestsrv as the authoritative DNS of the simulated account's zones."""
 
     def __init__(self, folder: Path):
         self.dns_port, self.management_port = free_port(), free_port()
         self.proc = process.spawn(
-            [
-                "pebble-challtestsrv",
-                "-dns01",
-                f"127.0.0.1:{self.dns_port}",
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-management",
-                f"127.0.0.1:{self.management_port}",
-                # No made-up answers: a name without records has none.
-                "-defaultIPv4",
-                "",
-                "-defaultIPv6",
-                "",
-            ],
+            pebble.challtestsrv_argv(self.dns_port, self.management_port),
             folder / "challtestsrv.log",
         )
-        wait_until(lambda: _listening(self.management_port), timeout=15, interval=0.1, what="pebble-challtestsrv")
+        wait_until(lambda: listening(self.management_port), timeout=15, interval=0.1, what="pebble-challtestsrv")
 
     def publish(self, fqdn: str, kind: str, values: list[str]) -> None:
         path = "a" if kind == "A" else "aaaa"
@@ -94,25 +66,14 @@ def start_pebble(folder: Path, name: str, stock: Stock, dns_port: int) -> Acme:
     leaf = stock.web_ca.issue_cert("localhost", "127.0.0.1", sim_droplets.GUEST_HOST)
     write_private(folder / f"{name}-cert.pem", b"".join(b.bytes() for b in leaf.cert_chain_pems))
     write_private(folder / f"{name}-key.pem", leaf.private_key_pem.bytes())
-    config = {
-        "pebble": {
-            "listenAddress": f"127.0.0.1:{port}",
-            "managementListenAddress": f"127.0.0.1:{management}",
-            "certificate": str(folder / f"{name}-cert.pem"),
-            "privateKey": str(folder / f"{name}-key.pem"),
-            "httpPort": 80,
-            "tlsPort": 443,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-    }
+    config = pebble.pebble_config(port, management, folder / f"{name}-cert.pem", folder / f"{name}-key.pem")
     write_private(folder / f"{name}.json", json.dumps(config))
     proc = process.spawn(
         ["pebble", "-config", str(folder / f"{name}.json"), "-dnsserver", f"127.0.0.1:{dns_port}"],
         folder / f"{name}.log",
-        env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+        env=pebble.PEBBLE_ENV,
     )
-    wait_until(lambda: _listening(management), timeout=15, interval=0.1, what=f"pebble ({name})")
+    wait_until(lambda: listening(management), timeout=15, interval=0.1, what=f"pebble ({name})")
     web_ca = folder / "web-ca.pem"
     web_ca.write_bytes(stock.web_ca.cert_pem.bytes())
     root = http.get(f"https://127.0.0.1:{management}/roots/0", ca_file=str(web_ca))
