@@ -352,6 +352,16 @@ def test_ipv6_adds_aaaa_records(target, sim, settings):
     assert sim.resources_left() == []
 
 
+def test_the_vendored_api_description_is_digitaloceans():
+    import gzip
+
+    from tests.sim import api
+
+    if not api.SHARED_OPENAPI.exists():
+        pytest.skip(f"no {api.SHARED_OPENAPI} beside this clone to compare with")
+    assert gzip.decompress(api.OPENAPI.read_bytes()) == api.SHARED_OPENAPI.read_bytes()
+
+
 def test_the_simulator_refuses_what_digitalocean_would(sim):
     """The simulator is no fake that accepts anything: a body the API description does not allow
     is answered 422 and recorded (and the fixture fails the test that sent it)."""
