@@ -59,7 +59,33 @@ def pytest_runtest_setup(item: Any) -> None:
         pytest.skip("an earlier stage (linters or unit tests) failed: the VM stages do not run")
 
 
+# Seconds spent per test file (setup + call + teardown), reported per stage at the end: CI's log is
+# where BENCHMARKS.md's per-stage times come from, and a slow file shows which journey to trim.
+_seconds_per_file: dict[str, float] = {}
+
+
 def pytest_runtest_logreport(report: Any) -> None:
+    path = report.nodeid.split("::")[0]
+    _seconds_per_file[path] = _seconds_per_file.get(path, 0.0) + report.duration
     if report.failed:
-        parts = Path(report.nodeid.split("::")[0]).parts
-        _failed_stages.add(STAGES.get(parts[1], 3) if len(parts) > 1 else 3)
+        _failed_stages.add(_stage_of_path(path))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    names = {number: name for name, number in STAGES.items()}
+    per_stage: dict[int, float] = {}
+    for path, seconds in _seconds_per_file.items():
+        stage = _stage_of_path(path)
+        per_stage[stage] = per_stage.get(stage, 0.0) + seconds
+    if not per_stage:
+        return
+    terminalreporter.section("time per stage")
+    for stage in sorted(per_stage):
+        terminalreporter.write_line(f"{names.get(stage, 'other')}: {per_stage[stage]:.1f} s")
+        for path in sorted(p for p in _seconds_per_file if _stage_of_path(p) == stage):
+            terminalreporter.write_line(f"    {path}: {_seconds_per_file[path]:.1f} s")
+
+
+def _stage_of_path(path: str) -> int:
+    parts = Path(path).parts
+    return STAGES.get(parts[1], 3) if len(parts) > 1 else 3
