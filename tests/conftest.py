@@ -62,11 +62,16 @@ def pytest_runtest_setup(item: Any) -> None:
 # Seconds spent per test file (setup + call + teardown), reported per stage at the end: CI's log is
 # where BENCHMARKS.md's per-stage times come from, and a slow file shows which journey to trim.
 _seconds_per_file: dict[str, float] = {}
+# Figures a VM test measured on its way (record_property("measured", "…")), repeated at the end of the
+# run: pytest hides a passing test's output, and these belong in BENCHMARKS.md.
+_measured: list[str] = []
 
 
 def pytest_runtest_logreport(report: Any) -> None:
     path = report.nodeid.split("::")[0]
     _seconds_per_file[path] = _seconds_per_file.get(path, 0.0) + report.duration
+    if report.when == "teardown":  # the item's last report carries every property it recorded
+        _measured.extend(f"{report.nodeid}: {value}" for key, value in report.user_properties if key == "measured")
     if report.failed:
         _failed_stages.add(_stage_of_path(path))
 
@@ -77,6 +82,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for path, seconds in _seconds_per_file.items():
         stage = _stage_of_path(path)
         per_stage[stage] = per_stage.get(stage, 0.0) + seconds
+    if _measured:
+        terminalreporter.section("measured")
+        for line in _measured:
+            terminalreporter.write_line(line)
     if not per_stage:
         return
     terminalreporter.section("time per stage")
