@@ -20,6 +20,10 @@ from rich.console import Console
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # progress and messages
 out = Console(highlight=False, soft_wrap=True)  # results (tables, paths, URLs): stdout, so they can be piped
 logger = logging.getLogger("outband")
+# Until a command opens its log file, the log goes nowhere: without a handler Python's last-resort
+# handler would print errors to stderr a second time, after the command's own one-line error.
+logger.addHandler(logging.NullHandler())
+logger.propagate = False
 
 _log_path: Path | None = None
 
