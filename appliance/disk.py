@@ -3,6 +3,12 @@
 One MBR partition at 1 MiB; `mkfs.ext4 -d` fills it straight from the tree; GRUB's core image
 (made by the tree's own grub-mkimage, so the boot loader is Debian's and in the SBOM) goes into the
 gap before the partition. grub.cfg boots /vmlinuz + /initrd.img, so kernel updates keep booting.
+
+Reproducible: the same tree gives the same bytes. Every time in the file system is clamped to the
+recipe's fixed date (`epoch`, base.SOURCE_DATE_EPOCH), its UUID and directory hash seed derive
+from the image's name, the tree's own mke2fs (e2fsprogs ≥ 1.47.1 honours SOURCE_DATE_EPOCH and
+fills the file system in a fixed order; the host's may be older) formats it with the tree's own
+mke2fs.conf, and qemu-img writes clusters in order.
 """
 
 from __future__ import annotations
@@ -53,6 +59,26 @@ def fs_uuid(seed: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"outband:{seed}"))
 
 
+def clamp_times(tree: Path, epoch: int) -> None:
+    """No time in the tree later than `epoch` (the "clamp" of reproducible-builds.org's
+    SOURCE_DATE_EPOCH): a file's time says when a bake ran, not what the image holds."""
+    for folder, dirs, files in os.walk(tree):
+        for name in (*dirs, *files):
+            path = Path(folder, name)
+            st = path.lstat()
+            if st.st_mtime > epoch or st.st_atime > epoch:
+                os.utime(path, (min(st.st_atime, epoch), min(st.st_mtime, epoch)), follow_symlinks=False)
+    os.utime(tree, (epoch, epoch))
+
+
+def tree_tool(tree: Path, program: str) -> list[str]:
+    """The argv prefix that runs the tree's own `program` on the host, with the tree's own loader
+    and libraries: no chroot, so the program reads and writes host paths."""
+    loader = tree / "usr/lib64/ld-linux-x86-64.so.2"
+    libs = [tree / "usr/lib/x86_64-linux-gnu", tree / "lib/x86_64-linux-gnu"]
+    return [str(loader), "--library-path", ":".join(str(p) for p in libs if p.is_dir()), str(tree / program)]
+
+
 def prepare_boot(tree: Path, fsid: str) -> None:
     """Write fstab, grub.cfg and GRUB's modules into the tree."""
     (tree / "etc/fstab").write_text(FSTAB.format(uuid=fsid))
@@ -95,18 +121,23 @@ def make_core_image(tree: Path, fsid: str, out: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write_disk(tree: Path, raw: Path, size_gb: int, fsid: str) -> None:
+def write_disk(tree: Path, raw: Path, size_gb: int, fsid: str, epoch: int) -> None:
     """Make `raw` a bootable disk image holding `tree`. The tree must have had prepare_boot()."""
     size = size_gb << 30
     core = raw.with_suffix(".core.img")
     make_core_image(tree, fsid, core)
+    clamp_times(tree, epoch)
     raw.unlink(missing_ok=True)
     with raw.open("wb") as f:
         f.truncate(size)
     run(["sfdisk", "--quiet", raw], input=b"label: dos\nstart=2048, type=83, bootable\n", what="sfdisk")
+    # The tree's own mke2fs; a tree without one (the simulator's stock image) gets the host's.
+    own = (tree / "usr/sbin/mke2fs").exists()
     run(
         [
-            "mkfs.ext4",
+            *(tree_tool(tree, "usr/sbin/mke2fs") if own else ["mke2fs"]),
+            "-t",
+            "ext4",
             "-q",
             "-F",
             "-U",
@@ -114,7 +145,7 @@ def write_disk(tree: Path, raw: Path, size_gb: int, fsid: str) -> None:
             "-L",
             "outband-root",
             "-E",
-            f"offset={PART_OFFSET}",
+            f"offset={PART_OFFSET},hash_seed={fsid}",
             "-d",
             tree,
             raw,
@@ -122,6 +153,12 @@ def write_disk(tree: Path, raw: Path, size_gb: int, fsid: str) -> None:
         ],
         what="mkfs.ext4",
         hint="is there enough free disk space for the image?",
+        env={
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "MKE2FS_CONFIG": str(tree / "etc/mke2fs.conf" if own else "/etc/mke2fs.conf"),
+            "SOURCE_DATE_EPOCH": str(epoch),
+            "E2FSPROGS_FAKE_TIME": str(epoch),
+        },
     )
     boot_img = (tree / "usr/lib/grub/i386-pc/boot.img").read_bytes()
     core_img = core.read_bytes()
@@ -137,8 +174,10 @@ def write_disk(tree: Path, raw: Path, size_gb: int, fsid: str) -> None:
 
 
 def to_qcow2(raw: Path, out: Path) -> None:
-    # zstd compression: several times faster than qcow2's default zlib at a similar size.
+    # zstd compression: several times faster than qcow2's default zlib at a similar size. No -W:
+    # out-of-order writes place clusters in whatever order the coroutines finish (different bytes
+    # for the same disk); compression still runs on several coroutines.
     run(
-        ["qemu-img", "convert", "-W", "-m", "4", "-c", "-O", "qcow2", "-o", "compression_type=zstd", raw, out],
+        ["qemu-img", "convert", "-m", "4", "-c", "-O", "qcow2", "-o", "compression_type=zstd", raw, out],
         what="qemu-img convert",
     )

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import chroot, log
+from appliance import base, chroot, log
 from appliance.cache import Cache, digest
 from appliance.config import IMAGES
 from appliance.errors import die
@@ -75,10 +75,18 @@ def layer_keys(base_key: str, stage_dir: Path) -> list[tuple[Script, str]]:
     return keys
 
 
+def build_env() -> dict[str, str]:
+    """What the scripts see of the build besides the stage; it shapes their output, so it is part
+    of every layer's key. SOURCE_DATE_EPOCH: tools that stamp a time into a file (shadow's
+    last-password-change day, systemd-update-done…) write the recipe's fixed date, not today's."""
+    return {"SOURCE_DATE_EPOCH": base.SOURCE_DATE_EPOCH}
+
+
 def cache_keys(base_key: str, stage_dir: Path, archive: dict[str, str]) -> list[tuple[Script, str]]:
     """Where each script's layer is cached: its recipe key plus Debian's archive state (the recipe
-    names the packages, the archive decides their versions; base.archive_state says why)."""
-    return [(script, digest(key, archive)) for script, key in layer_keys(base_key, stage_dir)]
+    names the packages, the archive decides their versions; base.archive_state says why) and the
+    build environment."""
+    return [(script, digest(key, archive, build_env())) for script, key in layer_keys(base_key, stage_dir)]
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -125,6 +133,7 @@ def provision_tree(
             "OUTBAND_STAGE": f"/{STAGE_IN_TREE}",
             # After 00-build-ca this bundle also holds the build-time extra CAs (proxies).
             "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+            **build_env(),
         }
     )
     # Download caches shared across bakes; never bound during the seal (it cleans caches).

@@ -35,8 +35,14 @@ rm -rf /var/log/journal/* /root/.cache /var/tmp/* /var/cache/debconf/*-old /var/
 # Caches systemd would rebuild at every first boot (units with ConditionNeedsUpdate=): build them
 # now, then mark /etc and /var as up to date with /usr. A later package upgrade re-arms them.
 ldconfig
+# ldconfig's aux-cache only speeds up its next run, and records inode numbers and times of this
+# build (an image differing from its rebuild in nothing else): ld.so reads ld.so.cache, not this.
+rm -f /var/cache/ldconfig/aux-cache
 systemd-hwdb update
 journalctl --update-catalog
+# systemd-update-done stamps /usr's mtime into /etc/.updated and /var/.updated: the recipe's
+# fixed date when the bake gives one (the disk clamps every time to it anyway), not the bake's.
+if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then touch -h -d "@$SOURCE_DATE_EPOCH" /usr; fi
 /usr/lib/systemd/systemd-update-done
 # The gate reads the build's extra CAs to prove they are gone; keep it in memory, drop the stage.
 gate=$(cat "$OUTBAND_STAGE/seal-gate.py")
