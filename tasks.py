@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from invoke import Collection, Context, task
+from invoke import Collection, Context, Exit, task
 
 from appliance import bake as bake_mod
 from appliance import launch as launch_mod
 from appliance import lock as lock_mod
-from appliance import log, teamops
+from appliance import log, reproduce, teamops
 from appliance import verify as verify_mod
 from appliance.cache import Cache
 from appliance.cli import command, quiet_broken_pipes, strict_positionals
@@ -23,6 +23,8 @@ quiet_broken_pipes()
         "webclient": "element (pinned release) or hydrogen (built offline from npm)",
         "via": "local target: chroot (fast, default) or packer (Packer's qemu source, a live system)",
         "no-layer-cache": "re-run every provision script from the (cached) base tree",
+        "check": "rebuild the latest local image without the layer cache and compare (exit 5 if it differs)",
+        "json": "with --check: print the differences as JSON",
     }
 )
 def bake(
@@ -31,9 +33,16 @@ def bake(
     webclient: str | None = None,
     via: str | None = None,
     no_layer_cache: bool = False,
+    check: bool = False,
+    json: bool = False,
 ) -> None:
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
     with command("bake", c, target=target, webclient=webclient) as s:
+        if check:
+            status = reproduce.check(s, as_json=json)
+            if status:
+                raise Exit(code=int(status))
+            return
         image = bake_mod.bake(s, via=via, use_layers=not no_layer_cache)
         log.out.print(f"image:    {image.describe()}")
         log.out.print(f"manifest: {image.manifest}")
@@ -124,10 +133,28 @@ def bench(c: Context, runs: int = 1, cold: bool = True, webclient: str | None = 
         log.console.print(path.read_text())
 
 
-@task(help={"prune": "keep only the newest N images (local: ones in use stay)", "target": "local or digitalocean"})
-def images(c: Context, prune: int = 0, target: str | None = None) -> None:
-    """List the target's Outband images (local: build/images; digitalocean: snapshots); --prune N keeps the newest N."""
+@task(
+    iterable=["diff"],
+    help={
+        "prune": "keep only the newest N images (local: ones in use stay)",
+        "target": "local or digitalocean",
+        "diff": "an image to compare (name or qcow2 path); give it twice: --diff A --diff B",
+        "json": "with --diff: print the differences as JSON",
+    },
+)
+def images(
+    c: Context, prune: int = 0, target: str | None = None, diff: list[str] | None = None, json: bool = False
+) -> None:
+    """List the target's Outband images (local: build/images; digitalocean: snapshots); --prune N keeps the newest N.
+
+    `--diff A --diff B` compares two local images file by file from their content listings (exit 5 if they differ).
+    """
     with command("images", c, log_file=False, target=target) as s:
+        if diff:
+            status = reproduce.diff_images(s, diff, as_json=json)
+            if status:
+                raise Exit(code=int(status))
+            return
         launch_mod.images(s, prune)
 
 

@@ -56,9 +56,16 @@ def disk_full_is_an_error() -> Iterator[None]:
         raise
 
 
-def bake(s: Settings, via: str | None = None, use_layers: bool = True, change_script: str | None = None) -> Image:
+def bake(
+    s: Settings,
+    via: str | None = None,
+    use_layers: bool = True,
+    change_script: str | None = None,
+    expect_recipe: str | None = None,
+) -> Image:
     """Bake an image for the settings' target. `change_script` (benchmarks only) appends a line to
-    that staged script, as an edit to the recipe would."""
+    that staged script, as an edit to the recipe would. `expect_recipe` (a rebuild to compare,
+    `bake --check`): stop before provisioning unless the staged recipe has that hash."""
     from appliance import targets
 
     target = targets.get(s)
@@ -74,6 +81,12 @@ def bake(s: Settings, via: str | None = None, use_layers: bool = True, change_sc
                 with (stage_dir / "provision" / change_script).open("a") as f:
                     f.write(f"# changed for a benchmark at {dt.datetime.now(dt.UTC).isoformat()}\n")
             recipe_hash = provision.layer_keys(provisioner.base_key(), stage_dir)[-1][1]
+            if expect_recipe and recipe_hash != expect_recipe:
+                die(
+                    "the latest image was baked from another recipe than this checkout's",
+                    hint="bake this recipe first (`invoke bake`), or check out the commit that baked it",
+                    status=ExitStatus.USAGE,
+                )
             name = provisioner.image_name(recipe_hash)
             built = provisioner.run(stage_dir, name, work)
             # pip --require-hashes installed exactly the lock, or provisioning failed.

@@ -12,6 +12,7 @@ class ExitStatus(IntEnum):
     USAGE = 2  # bad input: fix the command line or invoke.yaml
     MISSING_TOOL = 3  # a host tool is not installed
     VERIFY_FAILED = 4  # the appliance runs but a check failed
+    DIFFERENT = 5  # two images differ (`images --diff`, `bake --check`), like diff(1)'s 1 but distinct from an error
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
     TERMINATED = 143  # SIGTERM (128 + SIGTERM): a cancelled CI job, `kill`
 

@@ -13,6 +13,7 @@ old file: it owns a link to it, see targets/local.py).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -81,8 +82,10 @@ def _free_name(folder: Path, stem: str, suffix: str) -> Path:
     return candidate
 
 
-def publish_disk(s: Settings, name: str, qcow2: Path, kernel: Path, manifest: dict, bom: dict) -> DiskImage:
-    """Move a finished local image into the catalogue, with its kernel, manifest and SBOM."""
+def publish_disk(
+    s: Settings, name: str, qcow2: Path, kernel: Path, manifest: dict, bom: dict, listing: bytes | None = None
+) -> DiskImage:
+    """Move a finished local image into the catalogue, with its kernel, manifest, SBOM and content listing."""
     out = images_dir(s)
     out.mkdir(parents=True, exist_ok=True)
     final = _free_name(out, name, ".qcow2")
@@ -95,6 +98,10 @@ def publish_disk(s: Settings, name: str, qcow2: Path, kernel: Path, manifest: di
         "qcow2": {"file": final.name, "sha256": hash_file(qcow2), "size": qcow2.stat().st_size},
         "sbom": sbom_path.name,
     }
+    if listing is not None:
+        listing_path = out / f"{stem}.files.tsv.gz"
+        listing_path.write_bytes(listing)
+        manifest["content"] = {"file": listing_path.name, "sha256": hashlib.sha256(listing).hexdigest()}
     write_json(sbom_path, bom)
     write_json(manifest_path, manifest)
     shutil.copyfile(kernel, kernel_for(final))
@@ -129,8 +136,21 @@ def local_disks(s: Settings) -> list[DiskImage]:
 
 
 def remove_disk(image: DiskImage) -> None:
-    for path in (image.path, image.kernel, image.manifest, image.sbom):
+    for path in (image.path, image.kernel, image.manifest, image.sbom, listing_path(image)):
         path.unlink(missing_ok=True)
+
+
+def qcow2_sha256(image: DiskImage) -> str:
+    """As the manifest recorded it at publish (the file is hashed when there is no manifest)."""
+    if image.manifest.exists():
+        recorded = json.loads(image.manifest.read_text()).get("qcow2", {}).get("sha256")
+        if recorded:
+            return recorded
+    return hash_file(image.path)
+
+
+def listing_path(image: Image) -> Path:
+    return image.manifest.with_name(image.manifest.name.removesuffix(".manifest.json") + ".files.tsv.gz")
 
 
 def publish_snapshot_manifest(s: Settings, snapshot: Snapshot, manifest: dict, bom: dict) -> Snapshot:

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance import base, disk, log, packer, provision, qemu, sbom, secrets
+from appliance import base, content, disk, log, packer, provision, qemu, sbom, secrets
 from appliance.cache import Cache
 from appliance.config import IMAGES, Settings
 from appliance.errors import die
@@ -33,6 +33,7 @@ class Built:
     qcow2: Path | None = None  # a local image
     kernel: Path | None = None  # its kernel, for a direct boot
     snapshot_name: str | None = None  # a cloud snapshot
+    content: bytes | None = None  # the image's content listing (appliance/content.py), where the tree is at hand
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Provisioner(abc.ABC):
 
 class Chroot(Provisioner):
     def __init__(self, s: Settings, cache: Cache, use_layers: bool = True):
-        super().__init__(s, cache, tools=("mmdebstrap", "qemu-img", "sfdisk", "mkfs.ext4", "chroot", "mount"))
+        super().__init__(s, cache, tools=("mmdebstrap", "qemu-img", "sfdisk", "chroot", "mount"))
         self.extra_ca = s.image.extra_ca
         self.use_layers = use_layers
 
@@ -82,9 +83,11 @@ class Chroot(Provisioner):
             disk.prepare_boot(tree, fsid)
             # The image's kernel, kept beside it: launches boot it directly (appliance.qemu).
             shutil.copyfile((tree / "vmlinuz").resolve(), work / "vmlinuz")
-            disk.write_disk(tree, work / "disk.raw", s.image.disk_gb, fsid)
+            disk.write_disk(tree, work / "disk.raw", s.image.disk_gb, fsid, int(base.SOURCE_DATE_EPOCH))
             disk.to_qcow2(work / "disk.raw", work / "image.qcow2")
-        return Built(debs, archive, qcow2=work / "image.qcow2", kernel=work / "vmlinuz")
+        with log.step("Content listing (a hash of every file)"):
+            listing = content.dump(content.listing(tree))
+        return Built(debs, archive, qcow2=work / "image.qcow2", kernel=work / "vmlinuz", content=listing)
 
 
 def base_disk(s: Settings, cache: Cache, base_tree: Path, base_key: str) -> Path:
@@ -97,7 +100,7 @@ def base_disk(s: Settings, cache: Cache, base_tree: Path, base_key: str) -> Path
         provision.copy_tree(base_tree, tree)
         fsid = disk.fs_uuid(base_key)
         disk.prepare_boot(tree, fsid)
-        disk.write_disk(tree, Path(tmp) / "disk.raw", s.image.disk_gb, fsid)
+        disk.write_disk(tree, Path(tmp) / "disk.raw", s.image.disk_gb, fsid, int(base.SOURCE_DATE_EPOCH))
         out = cache.tmp(final)
         disk.to_qcow2(Path(tmp) / "disk.raw", out)
         cache.prune("base-disk", keep=set())
@@ -141,6 +144,7 @@ class PackerQemu(Provisioner):
             "output_dir": str(work / "out"),
             "vm_name": "outband.qcow2",
             "serial_log": str(s.dirs.output / "logs" / f"{name}-serial.log"),
+            "source_date_epoch": base.SOURCE_DATE_EPOCH,
         }
         with log.step("Packer: validate the template"):
             packer.validate(variables, only="qemu")
@@ -180,6 +184,7 @@ class PackerDigitalOcean(Provisioner):
             "do_size": s.do.size,
             "do_base_image": s.do.base_image,
             "do_api_url": s.do.api_url,
+            "source_date_epoch": base.SOURCE_DATE_EPOCH,
         }
 
     def run(self, stage_dir: Path, name: str, work: Path) -> Built:

@@ -103,7 +103,7 @@ class LocalTarget:
 
     def publish(self, name: str, built: Built, manifest: dict, bom: dict) -> Image:
         assert built.qcow2 is not None and built.kernel is not None
-        return images.publish_disk(self.s, name, built.qcow2, built.kernel, manifest, bom)
+        return images.publish_disk(self.s, name, built.qcow2, built.kernel, manifest, bom, built.content)
 
     def resolve_image(self, ref: str | None) -> DiskImage:
         if ref:

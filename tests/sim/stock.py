@@ -86,7 +86,7 @@ def ensure(s: Settings, cache: Cache) -> Stock:
         fsid = disk.fs_uuid(key)
         disk.prepare_boot(tree, fsid)
         shutil.copyfile((tree / "vmlinuz").resolve(), tmp / "vmlinuz")
-        disk.write_disk(tree, tmp / "disk.raw", DISK_GB, fsid)
+        disk.write_disk(tree, tmp / "disk.raw", DISK_GB, fsid, int(base.SOURCE_DATE_EPOCH))
         disk.to_qcow2(tmp / "disk.raw", tmp / "image.qcow2")
         cache.prune("sim-stock", keep=set())
         image.parent.mkdir(parents=True, exist_ok=True)

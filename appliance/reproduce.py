@@ -1,0 +1,146 @@
+"""Is an image what its recipe gives? Comparing two local images by content (`invoke images --diff
+A --diff B`) and rebuilding the latest one to compare (`invoke bake --check`).
+
+Two images are compared by their content listings (appliance/content.py: a hash of every file,
+kept beside each manifest), so nothing is booted or mounted, and by their qcow2 sha256. What is
+known not to be reproducible yet is listed, with the reason, in images/not-reproducible.txt: the
+comparison marks those paths "known" instead of hiding them, and `bake --check` passes only on
+identical bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance import content, images, log
+from appliance.config import IMAGES, Settings
+from appliance.errors import ExitStatus, die
+from appliance.images import DiskImage
+from appliance.table import Table
+
+NOT_REPRODUCIBLE = IMAGES / "not-reproducible.txt"
+
+
+def known_differences(path: Path = NOT_REPRODUCIBLE) -> dict[str, str]:
+    """Path (or `prefix/*`) → why it differs between two bakes of one recipe."""
+    known = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            pattern, _, reason = line.partition("#")
+            known[pattern.strip()] = reason.strip()
+    return known
+
+
+def why_known(path: str, known: dict[str, str]) -> str:
+    for pattern, reason in known.items():
+        if path == pattern or (pattern.endswith("/*") and path.startswith(pattern[:-1])):
+            return reason
+    return ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: DiskImage
+    b: DiskImage
+    same_bytes: bool
+    files: list[content.Difference]
+    packages: dict[str, tuple[str, str]]  # Debian package or wheel → (version in a, version in b)
+
+    def unexplained(self, known: dict[str, str]) -> list[content.Difference]:
+        return [d for d in self.files if not why_known(d.path, known)]
+
+
+def resolve(s: Settings, ref: str) -> DiskImage:
+    """A local image by its name, its file's stem, or its qcow2 path."""
+    path = Path(ref).expanduser()
+    if path.suffix == ".qcow2" and path.is_file():
+        return images.disk_image(path.resolve())
+    found = [i for i in images.local_disks(s) if ref in (i.name, i.path.name.removesuffix(".qcow2"))]
+    if not found:
+        die(
+            f"no local image named {ref}",
+            hint="`invoke images` lists them; a qcow2 path works too",
+            status=ExitStatus.USAGE,
+        )
+    return found[-1]  # the newest of that name
+
+
+def listing(image: DiskImage) -> content.Listing:
+    path = images.listing_path(image)
+    if not path.exists():
+        die(
+            f"image {image.name} has no content listing ({path.name})",
+            hint="images baked before listings existed, or on the Packer path, have none: bake it again",
+        )
+    return content.load(path)
+
+
+def versions(image: DiskImage) -> dict[str, str]:
+    manifest = json.loads(image.manifest.read_text()) if image.manifest.exists() else {}
+    found = dict(manifest.get("debian_packages", {}))
+    found.update({f"wheel:{n}": w["version"] for n, w in manifest.get("wheels", {}).items()})
+    if "webclient" in manifest:
+        found["webclient"] = f"{manifest['webclient'].get('name')} {manifest['webclient'].get('sha256', '')[:12]}"
+    return found
+
+
+def compare(a: DiskImage, b: DiskImage) -> Comparison:
+    va, vb = versions(a), versions(b)
+    packages = {n: (va.get(n, "-"), vb.get(n, "-")) for n in sorted(set(va) | set(vb)) if va.get(n) != vb.get(n)}
+    same = images.qcow2_sha256(a) == images.qcow2_sha256(b)
+    return Comparison(a, b, same, content.diff(listing(a), listing(b)), packages)
+
+
+def show(cmp: Comparison, known: dict[str, str], as_json: bool) -> None:
+    table = Table("path", "change", "what", "known (images/not-reproducible.txt)")
+    for name, (before, after) in cmp.packages.items():
+        table.add(f"package {name}", "version", f"{before} → {after}", "")
+    for d in cmp.files:
+        table.add(d.path, d.change, d.what(), why_known(d.path, known))
+    if not as_json:
+        unexplained = len(cmp.unexplained(known))
+        log.console.print(
+            f"{cmp.a.name} vs {cmp.b.name}: "
+            + ("same bytes" if cmp.same_bytes else "different bytes")
+            + f"; {len(cmp.files)} paths differ ({unexplained} not known), {len(cmp.packages)} versions differ"
+        )
+    if table.rows or as_json:
+        table.show(as_json)
+
+
+def diff_images(s: Settings, refs: list[str], as_json: bool = False) -> ExitStatus:
+    if len(refs) != 2:
+        die(
+            "--diff takes two images",
+            hint="invoke images --diff A --diff B (names from `invoke images`)",
+            status=ExitStatus.USAGE,
+        )
+    cmp = compare(resolve(s, refs[0]), resolve(s, refs[1]))
+    show(cmp, known_differences(), as_json)
+    return ExitStatus.OK if cmp.same_bytes or not (cmp.files or cmp.packages) else ExitStatus.DIFFERENT
+
+
+def check(s: Settings, as_json: bool = False) -> ExitStatus:
+    """Rebuild the latest image without the layer cache and compare it with the published one."""
+    from appliance import bake
+
+    if s.target != "local":
+        die("bake --check rebuilds local images", hint="run it with --target local", status=ExitStatus.USAGE)
+    published = images.latest_disk(s)
+    if published is None:
+        die("no baked image to check", hint="run `invoke bake` first", status=ExitStatus.USAGE)
+    recipe = json.loads(published.manifest.read_text())["recipe_sha256"]
+    with tempfile.TemporaryDirectory(dir=s.dirs.output, prefix="check-") as out:
+        again = dataclasses.replace(s, dirs=dataclasses.replace(s.dirs, output=Path(out)))
+        rebuilt = bake.bake(again, use_layers=False, expect_recipe=recipe)
+        assert isinstance(rebuilt, DiskImage)
+        cmp = compare(published, rebuilt)
+        show(cmp, known_differences(), as_json)
+    if cmp.same_bytes:
+        log.console.print(f"reproducible: the rebuild has the published sha256 ({images.qcow2_sha256(published)})")
+        return ExitStatus.OK
+    return ExitStatus.DIFFERENT

@@ -1,0 +1,140 @@
+"""Content listings: two images compared file by file without booting or mounting them, the way an
+operator does it (`invoke images --diff A --diff B`, piped and as JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from appliance import content, disk, images
+from tests.conftest import REPO, repo_settings
+
+
+def make_tree(root, motd: str = "welcome\n"):
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "etc/motd").write_text(motd)
+    (root / "etc/ssh/sshd_config").write_text("PermitRootLogin no\n")
+    (root / "etc/ssh/sshd_config").chmod(0o600)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/tool").write_bytes(b"\x7fELF")
+    (root / "usr/bin/tool").chmod(0o755)
+    (root / "bin").symlink_to("usr/bin")
+    return root
+
+
+def test_a_listing_names_every_path_with_its_hash_mode_owner_and_link(tmp_path):
+    listing = content.listing(make_tree(tmp_path / "a"))
+    assert set(listing) == {
+        "/",
+        "/etc",
+        "/etc/ssh",
+        "/etc/motd",
+        "/etc/ssh/sshd_config",
+        "/usr",
+        "/usr/bin",
+        "/usr/bin/tool",
+        "/bin",
+    }
+    assert listing["/etc/ssh/sshd_config"].startswith("file sha256=") and "mode=0600" in listing["/etc/ssh/sshd_config"]
+    assert listing["/bin"].startswith("link -> usr/bin ")
+    assert listing["/usr/bin"].startswith("dir mode=0755")
+
+
+def test_the_listing_file_is_byte_identical_for_identical_trees_made_at_different_times(tmp_path):
+    a = make_tree(tmp_path / "a")
+    b = make_tree(tmp_path / "b")
+    os.utime(b / "etc/motd", (0, 0))  # times are not content
+    dumped = content.dump(content.listing(a))
+    assert dumped == content.dump(content.listing(b))
+    (tmp_path / "l.gz").write_bytes(dumped)
+    assert content.load(tmp_path / "l.gz") == content.listing(a)
+
+
+def test_a_diff_says_what_changed_per_path(tmp_path):
+    a = content.listing(make_tree(tmp_path / "a"))
+    b_tree = make_tree(tmp_path / "b", motd="hello\n")
+    (b_tree / "etc/ssh/sshd_config").chmod(0o644)
+    (b_tree / "etc/new").write_text("x")
+    (b_tree / "usr/bin/tool").unlink()
+    found = {d.path: (d.change, d.what()) for d in content.diff(a, content.listing(b_tree))}
+    assert found == {
+        "/etc/motd": ("changed", "sha256"),
+        "/etc/ssh/sshd_config": ("changed", "mode"),
+        "/etc/new": ("added", "added"),
+        "/usr/bin/tool": ("removed", "removed"),
+    }
+
+
+def test_clamp_times_leaves_nothing_newer_than_the_recipes_date(tmp_path):
+    tree = make_tree(tmp_path / "t")
+    old = tree / "etc/motd"
+    os.utime(old, (1000, 1000))  # older than the date: kept
+    disk.clamp_times(tree, 5000)
+    times = {p: p.lstat().st_mtime for p in [tree, *tree.rglob("*")]}
+    assert max(times.values()) == 5000 and times[old] == 1000
+    assert (tree / "bin").lstat().st_mtime == 5000  # the link itself, not what it points to
+
+
+def publish(s, tree, name: str, qcow2_bytes: bytes):
+    qcow2, kernel = tree.parent / f"{name}.qcow2", tree.parent / f"{name}.vmlinuz"
+    qcow2.write_bytes(qcow2_bytes)
+    kernel.write_bytes(b"kernel")
+    manifest = {"recipe_sha256": "r", "debian_packages": {"openssh-server": "1:10.0p1-7"}, "wheels": {}}
+    return images.publish_disk(s, name, qcow2, kernel, manifest, {}, content.dump(content.listing(tree)))
+
+
+@pytest.fixture
+def catalogue(tmp_path):
+    s = repo_settings(
+        dirs={"output": str(tmp_path / "out"), "state": str(tmp_path / "state"), "cache": str(tmp_path / "cache")}
+    )
+    a = publish(s, make_tree(tmp_path / "a"), "outband-trixie-aaaa", b"one")
+    same = publish(s, make_tree(tmp_path / "same"), "outband-trixie-same", b"one")
+    changed = make_tree(tmp_path / "b", motd="tampered\n")
+    (changed / "var/lib/postgresql/17/main").mkdir(parents=True)
+    (changed / "var/lib/postgresql/17/main/global").write_text("system identifier")
+    b = publish(s, changed, "outband-trixie-bbbb", b"two")
+    return tmp_path, a, same, b
+
+
+def images_diff(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "INVOKE_OUTBAND_DIRS_OUTPUT": str(tmp_path / "out"),
+        "INVOKE_OUTBAND_DIRS_STATE": str(tmp_path / "state"),
+    }
+    return subprocess.run(
+        ["invoke", "images", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_images_diff_names_the_changed_file_and_exits_5(catalogue):
+    tmp_path, a, _, b = catalogue
+    result = images_diff(tmp_path, "--diff", a.name, "--diff", b.name)
+    assert result.returncode == 5, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows[0] == ["path", "change", "what", "known (images/not-reproducible.txt)"]
+    by_path = {row[0]: row for row in rows[1:]}
+    assert by_path["/etc/motd"][1:3] == ["changed", "sha256"] and by_path["/etc/motd"][3] == ""
+    # A path images/not-reproducible.txt lists is shown, with its reason, not hidden.
+    assert "initdb" in by_path["/var/lib/postgresql/17/main/global"][3]
+    assert "different bytes" in result.stderr and "not known" in result.stderr
+
+
+def test_images_diff_of_two_identical_images_is_empty_and_exits_0(catalogue):
+    tmp_path, a, same, _ = catalogue
+    result = images_diff(tmp_path, "--diff", a.name, "--diff", str(same.path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_images_diff_of_an_image_without_listing_says_how_to_get_one(catalogue):
+    tmp_path, a, _, b = catalogue
+    images.listing_path(b).unlink()
+    result = images_diff(tmp_path, "--diff", a.name, "--diff", b.name)
+    assert result.returncode == 1
+    assert "has no content listing" in result.stderr and "hint: " in result.stderr
+    assert result.stderr.count("has no content listing") == 1  # one line, not twice
