@@ -52,7 +52,9 @@ COMMANDS = {
     "-p NoNewPrivileges -p ProtectSystem -p PrivateTmp " + " ".join(SERVICES),
     "stat": "stat -c '%n %U %G %a' " + " ".join(p for p, *_ in SECRET_FILES),
     "processes": "ps -eo pid=,user=",
-    "listening": "ss -Hltnu",
+    # Twice, 2 s apart, with the owning process: a UDP client socket (a DNS query on an unconnected
+    # port) is listed while it waits for its answer; a listener is there both times.
+    "listening": "ss -Hltnup; sleep 2; echo ---; ss -Hltnup",
     "nft_input": "nft list chain inet outband input",
     "nft_output": "nft list chain inet outband output",
     "sshd": "sshd -T",
@@ -149,9 +151,21 @@ def test_synapse_is_sandboxed(units):
     assert units["synapse"]["PrivateTmp"] == "yes"
 
 
+def listeners(probe) -> dict[str, str]:
+    """Sockets listening in both samples: "proto address:port" → the process that owns it.
+    (ss -Hltnup: netid state recv-q send-q local-address peer-address process)"""
+    first, _, second = output(probe, "listening").partition("---")
+
+    def sample(text: str) -> dict[str, str]:
+        rows = [line.split() for line in text.splitlines() if line.strip()]
+        return {f"{row[0]} {row[4]}": " ".join(row[6:]) for row in rows}
+
+    before, after = sample(first), sample(second)
+    return {socket: after[socket] for socket in before if socket in after}
+
+
 def test_database_and_synapse_listen_on_localhost_only(probe):
-    # ss -Hltnu: netid state recv-q send-q local-address peer-address
-    local = [line.split()[4] for line in output(probe, "listening").splitlines() if line.startswith("tcp")]
+    local = [socket.split()[1] for socket in listeners(probe) if socket.startswith("tcp")]
     assert "127.0.0.1:5432" in local
     assert "127.0.0.1:8008" in local
     for addr in local:
@@ -161,14 +175,13 @@ def test_database_and_synapse_listen_on_localhost_only(probe):
 
 
 def test_ports_that_listen_publicly_are_the_designed_ones(probe):
-    public = set()
-    for line in output(probe, "listening").splitlines():
-        addr = line.split()[4]
-        host_part, port = addr.rsplit(":", 1)
+    public: dict[int, str] = {}
+    for socket, process in listeners(probe).items():
+        host_part, port = socket.split()[1].rsplit(":", 1)
         if not host_part.startswith(("127.", "[::1]", "[::ffff:127.")) and host_part != "127.0.0.53%lo":
-            public.add(int(port))
-    allowed = {22, 80, 443, 8448, 3478, 5349}
-    assert public - allowed - set(range(49152, 49172)) <= {68, 546}  # DHCP clients only (no LLMNR 5355)
+            public[int(port)] = f"{socket} {process}"
+    designed = {22, 80, 443, 8448, 3478, 5349} | set(range(49152, 49172)) | {68, 546}  # + DHCP clients (no LLMNR)
+    assert {port: who for port, who in public.items() if port not in designed} == {}
 
 
 @pytest.mark.parametrize(("path", "owner", "group", "mode"), SECRET_FILES)
