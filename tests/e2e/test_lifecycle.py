@@ -37,6 +37,17 @@ def test_appliances_run_side_by_side_on_their_own_addresses(launched):
     assert listing["e2e-a"][-1] == listing["e2e-b"][-1] == "running"
 
 
+def test_two_launches_of_the_image_never_share_identity(launched):
+    """machine-id and SSH host key come from each boot, never from the image (test_bake checks the
+    image itself holds neither)."""
+    ids = {name: ssh.command(r, "cat /etc/machine-id").stdout.strip() for name, r in launched.items()}
+    keys = {
+        name: ssh.command(r, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1] for name, r in launched.items()
+    }
+    assert all(len(i) == 32 for i in ids.values()) and ids["e2e-a"] != ids["e2e-b"]
+    assert keys["e2e-a"] != keys["e2e-b"]
+
+
 def test_an_appliance_owns_its_disk(launched, settings):
     """Its disk is layered on its own link to the image, in its state: not on a file under build/
     that a later bake or a prune may replace or remove."""
