@@ -5,8 +5,8 @@ One MBR partition at 1 MiB; `mkfs.ext4 -d` fills it straight from the tree; GRUB
 gap before the partition. grub.cfg boots /vmlinuz + /initrd.img, so kernel updates keep booting.
 
 Reproducible: the same tree gives the same bytes. Every time in the file system is clamped to the
-recipe's fixed date (`epoch`, base.SOURCE_DATE_EPOCH), its UUID and directory hash seed derive
-from the image's name, the tree's own mke2fs (e2fsprogs ≥ 1.47.1 honours SOURCE_DATE_EPOCH and
+recipe's fixed date (`epoch`, base.SOURCE_DATE_EPOCH), its UUID, directory hash seed and the MBR's
+disk identifier derive from the image's name, the tree's own mke2fs (e2fsprogs ≥ 1.47.1 honours SOURCE_DATE_EPOCH and
 fills the file system in a fixed order; the host's may be older) formats it with the tree's own
 mke2fs.conf, and qemu-img writes clusters in order.
 """
@@ -130,7 +130,9 @@ def write_disk(tree: Path, raw: Path, size_gb: int, fsid: str, epoch: int) -> No
     raw.unlink(missing_ok=True)
     with raw.open("wb") as f:
         f.truncate(size)
-    run(["sfdisk", "--quiet", raw], input=b"label: dos\nstart=2048, type=83, bootable\n", what="sfdisk")
+    # The MBR's disk identifier from the file system's UUID: sfdisk would pick a random one.
+    table = f"label: dos\nlabel-id: 0x{fsid[:8]}\nstart=2048, type=83, bootable\n"
+    run(["sfdisk", "--quiet", raw], input=table.encode(), what="sfdisk")
     # The tree's own mke2fs; a tree without one (the simulator's stock image) gets the host's.
     own = (tree / "usr/sbin/mke2fs").exists()
     run(

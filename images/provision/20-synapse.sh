@@ -13,8 +13,10 @@ PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/synapse/bin/pip install --qu
   --require-hashes --only-binary=:all: --ignore-installed -r "$OUTBAND_STAGE/lock/synapse.txt"
 # Byte-compiled once, here, on every CPU (pip compiles file by file) and without the sources'
 # times in the .pyc files (unchecked-hash: two bakes write the same bytes, and no import checks a
-# source it never changes: nothing changes this venv after the bake).
-/opt/synapse/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/synapse/lib
+# source it never changes: nothing changes this venv after the bake). -f: the interpreter that runs
+# compileall has already imported setuptools' _distutils_hack (its .pth) and written that .pyc
+# with the source's install time, which compileall would otherwise keep as up to date.
+/opt/synapse/bin/python -m compileall -f -q -j 0 --invalidation-mode unchecked-hash /opt/synapse/lib
 /opt/synapse/bin/python -c 'import synapse, psycopg2; print("synapse", synapse.__version__)'
 # Synapse's own dependency check, here once (synapse-start.py skips it at each start): the venv is
 # never changed after this bake. Also the postgres extra: psycopg2 is Debian's, not the lock's.
