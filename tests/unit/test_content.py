@@ -138,3 +138,18 @@ def test_images_diff_of_an_image_without_listing_says_how_to_get_one(catalogue):
     assert result.returncode == 1
     assert "has no content listing" in result.stderr and "hint: " in result.stderr
     assert result.stderr.count("has no content listing") == 1  # one line, not twice
+
+
+def test_bake_check_without_an_image_says_to_bake_first(tmp_path):
+    result = images_diff(tmp_path, "--help")  # the same environment; `images --help` runs nothing
+    assert result.returncode == 0 and "--diff A --diff B" in result.stdout
+    env = {
+        **os.environ,
+        "INVOKE_OUTBAND_DIRS_OUTPUT": str(tmp_path / "out"),
+        "INVOKE_OUTBAND_DIRS_STATE": str(tmp_path / "state"),
+    }
+    check = subprocess.run(
+        ["invoke", "bake", "--check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert check.returncode == 2
+    assert "no baked image to check" in check.stderr and "invoke bake" in check.stderr
