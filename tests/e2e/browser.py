@@ -131,6 +131,10 @@ class Responder:
     async def open_control(self) -> None:
         await self.page.get_by_text("control", exact=True).first.click()
         accept = self.page.get_by_role("button", name="Accept")
+        # The room opens as an invite (Accept) or, once joined, with its composer: wait for either.
+        # Checking for Accept at once missed an invite the page had not drawn yet (a freshly
+        # launched appliance answers slowly), and then waited for a composer that never comes.
+        await accept.or_(self.composer()).first.wait_for(timeout=120_000)
         if await accept.count():
             await self.shot("invited")
             await accept.click()
