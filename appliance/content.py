@@ -94,19 +94,13 @@ def _fields(description: str) -> dict[str, str]:
     return fields
 
 
-def diff(a: Listing, b: Listing, ignore: tuple[str, ...] = ()) -> list[Difference]:
-    """What differs from `a` to `b`, by path; `ignore` holds paths (or `prefix/*`) left out."""
+def diff(a: Listing, b: Listing) -> list[Difference]:
+    """What differs from `a` to `b`, by path."""
     out = []
     for path in sorted(set(a) | set(b)):
-        if _ignored(path, ignore):
-            continue
         before, after = a.get(path), b.get(path)
         if before == after:
             continue
         change = "added" if before is None else "removed" if after is None else "changed"
         out.append(Difference(path, change, before or "", after or ""))
     return out
-
-
-def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
-    return any(path == p or (p.endswith("/*") and path.startswith(p[:-1])) for p in patterns)

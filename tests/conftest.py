@@ -43,8 +43,7 @@ _failed_stages: set[int] = set()
 
 
 def _stage(item: Any) -> int:
-    parts = Path(str(item.fspath)).relative_to(REPO).parts
-    return STAGES.get(parts[1], 3) if len(parts) > 1 and parts[0] == "tests" else 3
+    return _stage_of_path(item.nodeid.split("::")[0])
 
 
 # The VM stage's files in this order: the ones that boot their own VMs (a Packer build, simulated
@@ -107,5 +106,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def _stage_of_path(path: str) -> int:
+    """A test file's stage from its path relative to the repository (tests/<stage>/…)."""
     parts = Path(path).parts
-    return STAGES.get(parts[1], 3) if len(parts) > 1 else 3
+    return STAGES.get(parts[1], 3) if len(parts) > 1 and parts[0] == "tests" else 3
