@@ -74,23 +74,24 @@ def browsers(day, loop, tmp_path_factory):
     loop.run(b.stop())
 
 
-@pytest.fixture(scope="module")
-def fox(day, browsers, loop):
-    """Step 2: fox signs in through the web client and accepts the #control invite."""
-    r = loop.run(browsers.responder("fox"))
-    SIGN_IN_SECONDS.append(loop.run(r.sign_in("fox", day["passwords"]["fox"])))
+def in_control(name: str, day, browsers, loop):
+    """A responder signed in through the web client, in #control (accepting the invite if any)."""
+    r = loop.run(browsers.responder(name))
+    SIGN_IN_SECONDS.append(loop.run(r.sign_in(name, day["passwords"][name])))
     loop.run(r.open_control())
     yield r
     loop.run(r.close())
+
+
+@pytest.fixture(scope="module")
+def fox(day, browsers, loop):
+    """Step 2: fox signs in through the web client and accepts the #control invite."""
+    yield from in_control("fox", day, browsers, loop)
 
 
 @pytest.fixture(scope="module")
 def lead(day, browsers, loop):
-    r = loop.run(browsers.responder("lead"))
-    SIGN_IN_SECONDS.append(loop.run(r.sign_in("lead", day["passwords"]["lead"])))
-    loop.run(r.open_control())
-    yield r
-    loop.run(r.close())
+    yield from in_control("lead", day, browsers, loop)
 
 
 @pytest.fixture(scope="module")
