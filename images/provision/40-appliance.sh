@@ -5,7 +5,7 @@
 set -eu
 cp -r "$OUTBAND_STAGE/files/." /
 chmod 0755 /usr/local/lib/outband/firstboot.py /usr/local/lib/outband/render-static \
-  /usr/local/lib/outband/restore-ipv6ll \
+  /usr/local/lib/outband/restore-ipv6ll /usr/local/lib/outband/pg-identity \
   /etc/letsencrypt/renewal-hooks/deploy/outband
 chmod 0644 /usr/local/lib/outband/synapse-start.py /usr/local/lib/outband/contract.json
 chmod 0644 /etc/systemd/system/*.service
@@ -45,6 +45,9 @@ pg_lsclusters --no-header | while read -r version cluster _; do
 Type=notify
 User=postgres
 Group=postgres
+# The cluster's own identifier, nonce and first WAL at its first start (the seal removed the
+# image's); a no-op on every later start.
+ExecStartPre=/usr/local/lib/outband/pg-identity make /var/lib/postgresql/$version/$cluster
 ExecStart=
 ExecStart=/usr/lib/postgresql/$version/bin/postgres -D /var/lib/postgresql/$version/$cluster -c config_file=/etc/postgresql/$version/$cluster/postgresql.conf
 ExecStop=

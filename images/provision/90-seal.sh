@@ -29,6 +29,11 @@ rm -f /etc/network/interfaces.d/50-cloud-init* /etc/systemd/network/10-cloud-ini
 rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
 echo outband > /etc/hostname
 ln -sf ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
+# PostgreSQL's identity (system identifier, mock-authentication nonce, times) and WAL: each
+# appliance's first start makes its own (/usr/local/lib/outband/pg-identity).
+pg_lsclusters --no-header | while read -r version cluster _; do
+  /usr/local/lib/outband/pg-identity clear "/var/lib/postgresql/$version/$cluster"
+done
 # Logs and temporary files.
 find /var/log -type f -exec truncate -s 0 {} +
 rm -rf /var/log/journal/* /root/.cache /var/tmp/* /var/cache/debconf/*-old /var/lib/dpkg/*-old

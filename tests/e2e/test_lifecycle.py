@@ -37,15 +37,28 @@ def test_appliances_run_side_by_side_on_their_own_addresses(launched):
     assert listing["e2e-a"][-1] == listing["e2e-b"][-1] == "running"
 
 
+PG_CONTROLDATA = "sudo -n /usr/lib/postgresql/17/bin/pg_controldata /var/lib/postgresql/17/main"
+
+
 def test_two_launches_of_the_image_never_share_identity(launched):
-    """machine-id and SSH host key come from each boot, never from the image (test_bake checks the
-    image itself holds neither)."""
+    """machine-id, SSH host key and PostgreSQL's system identifier and mock-authentication nonce
+    come from each boot, never from the image (test_bake: two bakes give the same bytes, so the image
+    holds nothing random; pg-identity gives the cluster its identity at the first start)."""
     ids = {name: ssh.command(r, "cat /etc/machine-id").stdout.strip() for name, r in launched.items()}
     keys = {
         name: ssh.command(r, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1] for name, r in launched.items()
     }
     assert all(len(i) == 32 for i in ids.values()) and ids["e2e-a"] != ids["e2e-b"]
     assert keys["e2e-a"] != keys["e2e-b"]
+    control = {name: ssh.command(r, PG_CONTROLDATA, check=True).stdout for name, r in launched.items()}
+    pg = {
+        name: dict(line.split(":", 1) for line in out.splitlines() if line.startswith(("Database system", "Mock auth")))
+        for name, out in control.items()
+    }
+    for fields in pg.values():
+        assert fields["Database system identifier"].strip() not in ("", "0"), fields
+        assert fields["Mock authentication nonce"].strip().strip("0") != "", fields
+    assert pg["e2e-a"] != pg["e2e-b"]
 
 
 def test_an_appliance_owns_its_disk(launched, settings):
