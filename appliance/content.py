@@ -9,11 +9,14 @@ manifest. Timestamps are not listed: they say when a file was written, not what 
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +107,40 @@ def diff(a: Listing, b: Listing) -> list[Difference]:
         change = "added" if before is None else "removed" if after is None else "changed"
         out.append(Difference(path, change, before or "", after or ""))
     return out
+
+
+DIFF_MAX_BYTES = 1 << 20  # larger files: only their hashes are compared
+DIFF_MAX_LINES = 40
+
+
+def show_difference(a_root: Path, b_root: Path, path: str, labels: tuple[str, str] = ("a", "b")) -> str:
+    """A short look at how a file changed between two mounted images: a unified diff for text
+    (its sides named by `labels`), Debian's diffoscope (where installed) for anything else; empty
+    when neither applies."""
+    a, b = a_root / path.lstrip("/"), b_root / path.lstrip("/")
+    if a.is_symlink() or b.is_symlink() or not (a.is_file() and b.is_file()):
+        return ""
+    if max(a.stat().st_size, b.stat().st_size) > DIFF_MAX_BYTES:
+        return ""
+    try:
+        old, new = a.read_text(), b.read_text()
+    except UnicodeDecodeError:
+        return _diffoscope(a, b)
+    before, after = (f"{label}{path}" for label in labels)
+    lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), before, after, n=1, lineterm=""))
+    if len(lines) > DIFF_MAX_LINES:
+        lines = [*lines[:DIFF_MAX_LINES], f"… {len(lines) - DIFF_MAX_LINES} more lines"]
+    return "\n".join(lines)
+
+
+def _diffoscope(a: Path, b: Path) -> str:
+    if shutil.which("diffoscope") is None:
+        return ""
+    result = subprocess.run(
+        ["diffoscope", "--text", "-", "--max-text-report-size", "4000", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.stdout.strip()

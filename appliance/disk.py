@@ -13,9 +13,13 @@ mke2fs.conf, and qemu-img writes clusters in order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance.run import run
@@ -183,3 +187,27 @@ def to_qcow2(raw: Path, out: Path) -> None:
         ["qemu-img", "convert", "-m", "4", "-c", "-O", "qcow2", "-o", "compression_type=zstd", raw, out],
         what="qemu-img convert",
     )
+
+
+@contextlib.contextmanager
+def mounted_root(qcow2: Path, work: Path) -> Iterator[Path]:
+    """An image's root file system as its bytes hold it, read-only: what `bake --check` compares,
+    rather than the listing published beside it, which whoever changed the image could change too.
+    The partition is copied out as a raw file in `work` and loop-mounted with nothing run from it
+    (no journal replay, no devices, setuid or executables). A loop mount rather than debugfs's
+    rdump, which drops setuid bits and device nodes."""
+    folder = Path(tempfile.mkdtemp(dir=work, prefix="view-"))
+    raw, root = folder / "root.raw", folder / "root"
+    root.mkdir()
+    opts = f"driver=raw,offset={PART_OFFSET},file.driver=qcow2,file.file.filename={qcow2}"
+    run(["qemu-img", "convert", "--image-opts", opts, "-O", "raw", raw], what="qemu-img convert (the root partition)")
+    run(
+        ["mount", "-o", "loop,ro,noload,nosuid,nodev,noexec", raw, root],
+        what=f"mount {qcow2.name} read-only",
+        hint="this needs root and a free loop device (losetup -f)",
+    )
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", root], check=False, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,9 +1,12 @@
 """Is an image what its recipe gives? Comparing two local images by content (`invoke images --diff
 A --diff B`) and rebuilding the latest one to compare (`invoke bake --check`).
 
-Two images are compared by their content listings (appliance/content.py: a hash of every file,
-kept beside each manifest), so nothing is booted or mounted, and by their qcow2 sha256. What is
-known not to be reproducible yet is listed, with the reason, in images/not-reproducible.txt: the
+`images --diff` compares content listings (appliance/content.py: a hash of every file, kept beside
+each manifest), so nothing is booted or mounted, and the qcow2 sha256 the manifests recorded.
+`bake --check` trusts neither: it hashes the published qcow2 itself and, when the rebuild's bytes
+differ, mounts both read-only and lists and diffs their files, so an image changed after it was
+published (listing and manifest left as they were) is caught and the changed file named. What is
+known not to be reproducible is listed, with the reason, in images/not-reproducible.txt: the
 comparison marks those paths "known" instead of hiding them, and `bake --check` passes only on
 identical bytes.
 """
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import content, images, log
+from appliance import content, disk, images, log
+from appliance.cache import hash_file
 from appliance.config import IMAGES, Settings
 from appliance.errors import ExitStatus, die
 from appliance.images import DiskImage
@@ -95,21 +100,33 @@ def compare(a: DiskImage, b: DiskImage) -> Comparison:
     return Comparison(a, b, same, content.diff(listing(a), listing(b)), packages)
 
 
-def show(cmp: Comparison, known: dict[str, str], as_json: bool) -> None:
+def show(cmp: Comparison, known: dict[str, str], as_json: bool, details: dict[str, str] | None = None) -> None:
+    """The differences as a table (TSV when piped, JSON with --json); `details` (path → a short diff)
+    follow the table, or go in each JSON row as "diff"."""
+    details = details or {}
     table = Table("path", "change", "what", "known (images/not-reproducible.txt)")
     for name, (before, after) in cmp.packages.items():
         table.add(f"package {name}", "version", f"{before} → {after}", "")
     for d in cmp.files:
         table.add(d.path, d.change, d.what(), why_known(d.path, known))
-    if not as_json:
-        unexplained = len(cmp.unexplained(known))
-        log.console.print(
-            f"{cmp.a.name} vs {cmp.b.name}: "
-            + ("same bytes" if cmp.same_bytes else "different bytes")
-            + f"; {len(cmp.files)} paths differ ({unexplained} not known), {len(cmp.packages)} versions differ"
-        )
-    if table.rows or as_json:
-        table.show(as_json)
+    if as_json:
+        rows = table.as_dicts()
+        for row in rows:
+            if row["path"] in details:
+                row["diff"] = details[row["path"]]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    unexplained = len(cmp.unexplained(known))
+    log.console.print(
+        f"{cmp.a.name} vs {cmp.b.name}: "
+        + ("same bytes" if cmp.same_bytes else "different bytes")
+        + f"; {len(cmp.files)} paths differ ({unexplained} not known), {len(cmp.packages)} versions differ"
+    )
+    if table.rows:
+        table.show()
+    for text in details.values():
+        if text:
+            log.out.print(text, markup=False)
 
 
 def diff_images(s: Settings, refs: list[str], as_json: bool = False) -> ExitStatus:
@@ -124,8 +141,16 @@ def diff_images(s: Settings, refs: list[str], as_json: bool = False) -> ExitStat
     return ExitStatus.OK if cmp.same_bytes or not (cmp.files or cmp.packages) else ExitStatus.DIFFERENT
 
 
+def mounted_listing(root: Path) -> content.Listing:
+    entries = content.listing(root)
+    entries.pop("/lost+found", None)  # made by mke2fs itself, not from the tree
+    return entries
+
+
 def check(s: Settings, as_json: bool = False) -> ExitStatus:
-    """Rebuild the latest image without the layer cache and compare it with the published one."""
+    """Rebuild the latest image without the layer cache and compare it with the published one: its
+    bytes, and on a difference its files as the published qcow2 holds them (mounted read-only),
+    not as the listing beside it says."""
     from appliance import bake
 
     if s.target != "local":
@@ -138,9 +163,28 @@ def check(s: Settings, as_json: bool = False) -> ExitStatus:
         again = dataclasses.replace(s, dirs=dataclasses.replace(s.dirs, output=Path(out)))
         rebuilt = bake.bake(again, use_layers=False, expect_recipe=recipe)
         assert isinstance(rebuilt, DiskImage)
-        cmp = compare(published, rebuilt)
-        show(cmp, known_differences(), as_json)
-    if cmp.same_bytes:
-        log.console.print(f"reproducible: the rebuild has the published sha256 ({images.qcow2_sha256(published)})")
-        return ExitStatus.OK
+        theirs, ours = hash_file(published.path), images.qcow2_sha256(rebuilt)
+        recorded = images.qcow2_sha256(published)
+        if recorded != theirs:
+            log.warn(f"{published.path.name} is not what its manifest recorded: sha256 {theirs}, recorded {recorded}")
+        if theirs == ours:
+            if as_json:
+                sys.stdout.write("[]\n")
+            log.console.print(f"reproducible: the rebuild has the published sha256 ({ours})")
+            return ExitStatus.OK
+        with (
+            log.step("Compare the published image's files with the rebuild's (both mounted read-only)"),
+            disk.mounted_root(published.path, Path(out)) as a,
+            disk.mounted_root(rebuilt.path, Path(out)) as b,
+        ):
+            files = content.diff(mounted_listing(a), mounted_listing(b))
+            details = {
+                d.path: content.show_difference(a, b, d.path, ("published", "rebuilt"))
+                for d in files
+                if d.change == "changed"
+            }
+        va, vb = versions(published), versions(rebuilt)
+        packages = {n: (va.get(n, "-"), vb.get(n, "-")) for n in sorted(set(va) | set(vb)) if va.get(n) != vb.get(n)}
+        show(Comparison(published, rebuilt, False, files, packages), known_differences(), as_json, details)
+    log.console.print(f"not reproducible: the rebuild's sha256 is {ours}, the published image's {theirs}")
     return ExitStatus.DIFFERENT

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -172,16 +177,61 @@ def test_image_is_sealed(bare):
     assert host.file("/etc/machine-id").content_string.strip() not in ("", "uninitialized")  # set by this boot
 
 
-def test_a_rebuild_differs_from_the_image_only_where_images_not_reproducible_txt_says(baked, record_property):
-    """`invoke bake --check`: every provision script again without the layer cache, compared file by
-    file with the published image. Today only the PostgreSQL cluster made at bake differs (listed
-    with its reason); everything else — file times, the file system, bytecode, ldconfig, the MBR —
-    must come out identical, or this names the file that does not."""
+TAMPERED = "/usr/local/lib/outband/contract.json"  # installed by 40-appliance.sh
+
+
+def tamper(qcow2: Path, path: str, work: Path) -> None:
+    """One byte of one file changed inside a qcow2, the way someone who altered an image would
+    (its manifest and listing left as they were)."""
+    from appliance import disk
+
+    raw, root = work / "tamper.raw", work / "tamper-root"
+    root.mkdir()
+    subprocess.run(["qemu-img", "convert", "-O", "raw", qcow2, raw], check=True)
+    subprocess.run(["mount", "-o", f"loop,offset={disk.PART_OFFSET}", raw, root], check=True)
+    try:
+        target = root / path.lstrip("/")
+        text = target.read_text()
+        assert "appliance configured" in text
+        target.write_text(text.replace("appliance configured", "appliance Configured", 1))
+    finally:
+        subprocess.run(["umount", root], check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, qcow2], check=True)
+    raw.unlink()
+
+
+def test_bake_check_rebuilds_the_image_bit_for_bit_and_names_the_one_byte_changed_in_a_copy(
+    baked, tmp_path, record_property
+):
+    """`invoke bake --check` against a copy of the published image with one byte changed in one file
+    that a provision script installed (its manifest and listing untouched). The rebuild runs every
+    provision script again without the layer cache, into its own work tree and output (the
+    downloaded debs and wheels reused): it must have the sha256 the image had before the change —
+    two bakes, one sha256 — and the check must name exactly that file, with the changed line, read
+    from the copy's own bytes rather than from the listing beside it."""
+    original = baked["image"]
+    before = hashlib.sha256(original.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    stem = original.name.removesuffix(".qcow2")
+    for f in original.parent.glob(f"{stem}.*"):
+        shutil.copy2(f, out / "images" / f.name)
+    (out / "images/latest.json").write_text((original.parent / "latest.json").read_text())
+    tamper(out / "images" / original.name, TAMPERED, tmp_path)
+
+    env = {**os.environ, "INVOKE_OUTBAND_DIRS_OUTPUT": str(out)}
     started = time.monotonic()
-    result = invoke("bake", "--check", "--json", "--webclient", WEBCLIENT, check=False, timeout=1800)
+    result = invoke("bake", "--check", "--json", "--webclient", WEBCLIENT, check=False, timeout=1800, env=env)
     record_property("measured", f"bake --check {time.monotonic() - started:.0f} s")
-    assert result.returncode in (0, 5), result.stderr[-3000:]
+    assert result.returncode == 5, (result.stdout[-3000:], result.stderr[-3000:])
+    rebuilt = re.search(r"the rebuild's sha256 is ([0-9a-f]{64})", result.stderr)
+    assert rebuilt and rebuilt.group(1) == before, result.stderr[-3000:]
+    assert "is not what its manifest recorded" in result.stderr
     differences = json.loads(result.stdout)
-    assert [d for d in differences if not d["known"]] == []
-    if result.returncode == 5:  # bytes differ: then the listing must say where
-        assert differences and all(d["path"].startswith("/var/lib/postgresql/") for d in differences)
+    assert [(d["path"], d["change"], d["what"], d["known"]) for d in differences] == [
+        (TAMPERED, "changed", "sha256", "")
+    ]
+    lines = differences[0]["diff"].splitlines()
+    changed = [line for line in lines if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
+    assert lines[0] == f"--- published{TAMPERED}" and lines[1] == f"+++ rebuilt{TAMPERED}"
+    assert changed == ['-      "done": "appliance Configured",', '+      "done": "appliance configured",']

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
 
-from appliance import content, disk, images
+from appliance import content, disk, images, reproduce
 from tests.conftest import REPO, repo_settings
 
 
@@ -119,9 +120,41 @@ def test_images_diff_names_the_changed_file_and_exits_5(catalogue):
     assert rows[0] == ["path", "change", "what", "known (images/not-reproducible.txt)"]
     by_path = {row[0]: row for row in rows[1:]}
     assert by_path["/etc/motd"][1:3] == ["changed", "sha256"] and by_path["/etc/motd"][3] == ""
-    # A path images/not-reproducible.txt lists is shown, with its reason, not hidden.
-    assert "initdb" in by_path["/var/lib/postgresql/17/main/global"][3]
-    assert "different bytes" in result.stderr and "not known" in result.stderr
+    assert by_path["/var/lib/postgresql/17/main/global"][1:] == ["added", "added", ""]
+    assert "different bytes" in result.stderr and "7 paths differ (7 not known)" in result.stderr
+
+
+def test_a_known_difference_is_shown_with_its_reason_not_hidden(catalogue, tmp_path, capsys):
+    _, a, _, b = catalogue
+    listed = tmp_path / "not-reproducible.txt"
+    listed.write_text("# header\n/var/lib/postgresql/17/main/*  # made at bake: its identity\n")
+    known = reproduce.known_differences(listed)
+    assert known == {"/var/lib/postgresql/17/main/*": "made at bake: its identity"}
+    cmp = reproduce.compare(a, b)
+    unexplained = [d.path for d in cmp.unexplained(known)]
+    assert "/etc/motd" in unexplained and "/var/lib/postgresql/17/main/global" not in unexplained
+    reproduce.show(cmp, known, as_json=True, details={"/etc/motd": "-welcome\n+tampered"})
+    rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["/var/lib/postgresql/17/main/global"]["known"] == "made at bake: its identity"
+    assert rows["/etc/motd"]["known"] == "" and rows["/etc/motd"]["diff"] == "-welcome\n+tampered"
+
+
+def test_a_changed_text_file_is_shown_as_a_short_unified_diff(tmp_path):
+    a, b = make_tree(tmp_path / "a"), make_tree(tmp_path / "b", motd="tampered\n")
+    assert content.show_difference(a, b, "/etc/motd").splitlines() == [
+        "--- a/etc/motd",
+        "+++ b/etc/motd",
+        "@@ -1 +1 @@",
+        "-welcome",
+        "+tampered",
+    ]
+    # Binary: diffoscope's word where Debian's is installed, else nothing but the hashes.
+    (b / "usr/bin/tool").write_bytes(b"\x7fELF\xff")
+    shown = content.show_difference(a, b, "/usr/bin/tool")
+    if shutil.which("diffoscope") is None:
+        assert shown == ""
+    else:
+        assert "tool" in shown
 
 
 def test_images_diff_of_two_identical_images_is_empty_and_exits_0(catalogue):
