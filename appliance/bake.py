@@ -62,14 +62,16 @@ def bake(
     use_layers: bool = True,
     change_script: str | None = None,
     expect_recipe: str | None = None,
+    fresh_base: bool = False,
 ) -> Image:
     """Bake an image for the settings' target. `change_script` (benchmarks only) appends a line to
     that staged script, as an edit to the recipe would. `expect_recipe` (a rebuild to compare,
-    `bake --check`): stop before provisioning unless the staged recipe has that hash."""
+    `bake --check`): stop before provisioning unless the staged recipe has that hash. `fresh_base`
+    (also `bake --check`): a base tree made for this bake, not the cached one."""
     from appliance import targets
 
     target = targets.get(s)
-    provisioner = target.provisioner(via, use_layers=use_layers)
+    provisioner = target.provisioner(via, use_layers=use_layers, fresh_base=fresh_base)
     preflight(s, provisioner.tools)
     cache = Cache(s.dirs.cache)
     with disk_full_is_an_error():

@@ -1,8 +1,9 @@
 """The base root tree: Debian packages only (mmdebstrap), cached by its inputs.
 
 mmdebstrap is reproducible with SOURCE_DATE_EPOCH set (debootstrap is not: machine-id, ldconfig
-aux-cache, man-db). The cached tree is reused for `base_max_age_days`, then rebuilt so a new
-image picks up Debian's security updates.
+aux-cache, man-db): the tree depends on the recipe and on what Debian's archive serves. So the cache
+keeps it by both (archive_state), and a bake after any Debian update starts from a new tree, the
+same one `bake --check` makes from scratch. `base_max_age_days` bounds its age besides.
 """
 
 from __future__ import annotations
@@ -85,30 +86,37 @@ def mmdebstrap_argv(s: Settings, target: Path) -> list[str]:
     ]
 
 
-def ensure(s: Settings, cache: Cache) -> Path:
-    """The cached base tree for these settings, building it if missing or too old."""
-    final = cache.path("base", key(s))
+def ensure(s: Settings, cache: Cache, archive: dict[str, str]) -> Path:
+    """The cached base tree for these settings and this archive state, building it if missing or too old."""
+    final = cache.path("base", digest(key(s), archive))
     if cache.fresh(final, s.image.base_max_age_days):
         log.detail(f"base tree from cache: {final}")
         return final
+    tmp = cache.tmp(final)
+    build(s, tmp, cache.root)
+    cache.prune("base", keep=set())
+    return cache.commit(tmp, final)
+
+
+def build(s: Settings, target: Path, tmpdir: Path) -> Path:
+    """A base tree made now in `target` (the cache's, or `bake --check`'s own, which must not
+    start from the tree it checks)."""
     with log.step(f"Base tree: Debian {s.image.suite} from packages (mmdebstrap)"):
-        tmp = cache.tmp(final)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if target.exists():
+            shutil.rmtree(target)
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
-            "TMPDIR": str(cache.root),
+            "TMPDIR": str(tmpdir),
         }
         try:
             run(
-                mmdebstrap_argv(s, tmp),
+                mmdebstrap_argv(s, target),
                 what="mmdebstrap",
                 env=env,
                 hint="check that the Debian mirror is reachable and the disk has ~2 GB free",
             )
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)
             raise
-        cache.prune("base", keep=set())
-        return cache.commit(tmp, final)
+    return target

@@ -29,7 +29,7 @@ def install_extra_ca(tree: Path, certs: tuple[Path, ...]) -> None:
 
 
 def lock(s: Settings, cache: Cache) -> Path:
-    tree_src = base.ensure(s, cache)
+    tree_src = base.ensure(s, cache, base.archive_state(s))
     out = IMAGES / "lock/synapse.txt"
     with tempfile.TemporaryDirectory(dir=cache.root, prefix="lock-") as tmp:
         tree = Path(tmp) / "root"

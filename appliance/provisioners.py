@@ -56,15 +56,16 @@ class Provisioner(abc.ABC):
 
 
 class Chroot(Provisioner):
-    def __init__(self, s: Settings, cache: Cache, use_layers: bool = True):
+    def __init__(self, s: Settings, cache: Cache, use_layers: bool = True, fresh_base: bool = False):
         super().__init__(s, cache, tools=("mmdebstrap", "qemu-img", "sfdisk", "chroot", "mount"))
         self.extra_ca = s.image.extra_ca
         self.use_layers = use_layers
+        self.fresh_base = fresh_base
 
     def run(self, stage_dir: Path, name: str, work: Path) -> Built:
         s, cache = self.s, self.cache
-        base_tree = base.ensure(s, cache)
         archive = base.archive_state(s)
+        base_tree = base.build(s, work / "base", work) if self.fresh_base else base.ensure(s, cache, archive)
         tree = provision.provision_tree(
             base_tree, self.base_key(), stage_dir, work / "root", cache, archive, self.use_layers
         )
@@ -116,9 +117,9 @@ class PackerQemu(Provisioner):
 
     def run(self, stage_dir: Path, name: str, work: Path) -> Built:
         s, cache = self.s, self.cache
-        base_tree = base.ensure(s, cache)
+        archive = base.archive_state(s)  # the build VM's apt reads the archive itself; also for the manifest
+        base_tree = base.ensure(s, cache, archive)
         disk_path = base_disk(s, cache, base_tree, self.base_key())
-        archive = base.archive_state(s)  # for the manifest: the build VM's apt reads the archive itself
         key = secrets.ssh_keypair("outband-build")
         write_private(work / "build_ed25519", key.private_openssh)
         http = work / "http"

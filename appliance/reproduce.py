@@ -148,7 +148,8 @@ def mounted_listing(root: Path) -> content.Listing:
 
 
 def check(s: Settings, as_json: bool = False) -> ExitStatus:
-    """Rebuild the latest image without the layer cache and compare it with the published one: its
+    """Rebuild the latest image from a new base tree without the layer cache (the downloaded debs,
+    wheels and web client reused) and compare it with the published one: its
     bytes, and on a difference its files as the published qcow2 holds them (mounted read-only),
     not as the listing beside it says."""
     from appliance import bake
@@ -161,7 +162,7 @@ def check(s: Settings, as_json: bool = False) -> ExitStatus:
     recipe = json.loads(published.manifest.read_text())["recipe_sha256"]
     with tempfile.TemporaryDirectory(dir=s.dirs.output, prefix="check-") as out:
         again = dataclasses.replace(s, dirs=dataclasses.replace(s.dirs, output=Path(out)))
-        rebuilt = bake.bake(again, use_layers=False, expect_recipe=recipe)
+        rebuilt = bake.bake(again, use_layers=False, expect_recipe=recipe, fresh_base=True)
         assert isinstance(rebuilt, DiskImage)
         theirs, ours = hash_file(published.path), images.qcow2_sha256(rebuilt)
         recorded = images.qcow2_sha256(published)

@@ -108,7 +108,7 @@ class DigitalOceanTarget:
         return self._api
 
     # -- images -------------------------------------------------------------------------------------
-    def provisioner(self, via: str | None, use_layers: bool = True) -> Provisioner:
+    def provisioner(self, via: str | None, use_layers: bool = True, fresh_base: bool = False) -> Provisioner:
         if via not in (None, "packer"):
             die(
                 f"the digitalocean target bakes only through Packer, not --via {via}",

@@ -93,10 +93,10 @@ class LocalTarget:
         self.clock = clock
 
     # -- images --------------------------------------------------------------------------------
-    def provisioner(self, via: str | None, use_layers: bool = True) -> Provisioner:
+    def provisioner(self, via: str | None, use_layers: bool = True, fresh_base: bool = False) -> Provisioner:
         cache = Cache(self.s.dirs.cache)
         if via in (None, "chroot"):
-            return Chroot(self.s, cache, use_layers=use_layers)
+            return Chroot(self.s, cache, use_layers=use_layers, fresh_base=fresh_base)
         if via == "packer":
             return PackerQemu(self.s, cache)
         die(f"--via must be chroot or packer, not {via!r}", hint="chroot is the fast default", status=ExitStatus.USAGE)
