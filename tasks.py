@@ -23,8 +23,11 @@ quiet_broken_pipes()
         "webclient": "element (pinned release) or hydrogen (built offline from npm)",
         "via": "local target: chroot (fast, default) or packer (Packer's qemu source, a live system)",
         "no-layer-cache": "re-run every provision script from the (cached) base tree",
-        "check": "rebuild the latest local image without the layer cache and compare (exit 5 if it differs)",
+        "check": "rebuild the latest local image from scratch with its package versions and compare"
+        " (exit 5 if it differs)",
         "json": "with --check: print the differences as JSON",
+        "packages-from": "an earlier image (name, qcow2 or manifest): install exactly its Debian package"
+        " versions, or fail naming those Debian no longer serves",
     }
 )
 def bake(
@@ -35,6 +38,7 @@ def bake(
     no_layer_cache: bool = False,
     check: bool = False,
     json: bool = False,
+    packages_from: str | None = None,
 ) -> None:
     """Build a hardened appliance image from Debian packages and pinned artifacts."""
     with command("bake", c, target=target, webclient=webclient) as s:
@@ -43,7 +47,8 @@ def bake(
             if status:
                 raise Exit(code=int(status))
             return
-        image = bake_mod.bake(s, via=via, use_layers=not no_layer_cache)
+        pins = reproduce.pins_from(s, packages_from) if packages_from else None
+        image = bake_mod.bake(s, via=via, use_layers=not no_layer_cache, pins=pins)
         log.out.print(f"image:    {image.describe()}")
         log.out.print(f"manifest: {image.manifest}")
         log.out.print(f"sbom:     {image.sbom}")

@@ -63,15 +63,17 @@ def bake(
     change_script: str | None = None,
     expect_recipe: str | None = None,
     fresh_base: bool = False,
+    pins: dict[str, str] | None = None,
 ) -> Image:
     """Bake an image for the settings' target. `change_script` (benchmarks only) appends a line to
     that staged script, as an edit to the recipe would. `expect_recipe` (a rebuild to compare,
     `bake --check`): stop before provisioning unless the staged recipe has that hash. `fresh_base`
-    (also `bake --check`): a base tree made for this bake, not the cached one."""
+    (also `bake --check`): a base tree made for this bake, not the cached one. `pins` (package →
+    version, from an earlier manifest): apt installs exactly those, or the bake fails naming them."""
     from appliance import targets
 
     target = targets.get(s)
-    provisioner = target.provisioner(via, use_layers=use_layers, fresh_base=fresh_base)
+    provisioner = target.provisioner(via, use_layers=use_layers, fresh_base=fresh_base, pins=pins)
     preflight(s, provisioner.tools)
     cache = Cache(s.dirs.cache)
     with disk_full_is_an_error():

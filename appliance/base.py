@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from appliance import http, log
+from appliance import http, log, sbom
 from appliance.cache import Cache, digest
 from appliance.config import IMAGES, Settings
 from appliance.errors import OutbandError, die
@@ -67,9 +67,37 @@ def key(s: Settings) -> str:
     return digest("base-v1", s.image.suite, mirrors(s), SOURCE_DATE_EPOCH, BASE)
 
 
-def mmdebstrap_argv(s: Settings, target: Path) -> list[str]:
+# Where a pinned bake's apt preferences live in the tree, from the base's first apt run until the
+# seal (images/provision/90-seal.sh removes it).
+PIN_FILE = "etc/apt/preferences.d/outband-pin"
+
+
+def pin_preferences(pins: dict[str, str]) -> str:
+    """apt_preferences(5) that make apt choose exactly these versions, over newer ones."""
+    return "".join(f"Package: {n}\nPin: version {v}\nPin-Priority: 1001\n\n" for n, v in sorted(pins.items()))
+
+
+def check_pins(installed: dict[str, str], pins: dict[str, str], where: str) -> None:
+    """No silent upgrade: a pinned package installed at any other version fails the bake, naming it."""
+    off = {n: (pins[n], v) for n, v in sorted(installed.items()) if n in pins and pins[n] != v}
+    if off:
+        shown = ", ".join(f"{n} {want} (got {got})" for n, (want, got) in list(off.items())[:5])
+        more = f" and {len(off) - 5} more" if len(off) > 5 else ""
+        die(
+            f"Debian's archive no longer serves {len(off)} pinned package version(s) ({where}): {shown}{more}",
+            hint="a Debian mirror keeps only current versions: for older ones set image.mirror and "
+            "image.security_mirror to snapshot.debian.org/archive/… of the manifest's debian_archive dates",
+        )
+
+
+def mmdebstrap_argv(s: Settings, target: Path, pin_file: Path | None = None) -> list[str]:
+    # A pinned bake: the preferences are in the tree before its first apt run, and stay for the
+    # provision scripts' apt runs.
+    hook = f'--setup-hook=mkdir -p "$1/{Path(PIN_FILE).parent}" && cp {pin_file} "$1/{PIN_FILE}"'
+    pinned = [hook] if pin_file else []
     return [
         "mmdebstrap",
+        *pinned,
         "--variant=minbase",
         "--mode=root",
         "--format=directory",
@@ -98,9 +126,13 @@ def ensure(s: Settings, cache: Cache, archive: dict[str, str]) -> Path:
     return cache.commit(tmp, final)
 
 
-def build(s: Settings, target: Path, tmpdir: Path) -> Path:
-    """A base tree made now in `target` (the cache's, or `bake --check`'s own, which must not
-    start from the tree it checks)."""
+def build(s: Settings, target: Path, tmpdir: Path, pins: dict[str, str] | None = None) -> Path:
+    """A base tree made now in `target` (the cache's, or a rebuild's own, which must not start from
+    the cached tree), with exactly the `pins` versions where given."""
+    pin_file = None
+    if pins:
+        pin_file = tmpdir / "outband-pin.pref"
+        pin_file.write_text(pin_preferences(pins))
     with log.step(f"Base tree: Debian {s.image.suite} from packages (mmdebstrap)"):
         if target.exists():
             shutil.rmtree(target)
@@ -111,7 +143,7 @@ def build(s: Settings, target: Path, tmpdir: Path) -> Path:
         }
         try:
             run(
-                mmdebstrap_argv(s, target),
+                mmdebstrap_argv(s, target, pin_file),
                 what="mmdebstrap",
                 env=env,
                 hint="check that the Debian mirror is reachable and the disk has ~2 GB free",
@@ -119,4 +151,6 @@ def build(s: Settings, target: Path, tmpdir: Path) -> Path:
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
+    if pins:
+        check_pins({d["name"]: d["version"] for d in sbom.debian_packages(target)}, pins, "base tree")
     return target

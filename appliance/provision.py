@@ -82,11 +82,14 @@ def build_env() -> dict[str, str]:
     return {"SOURCE_DATE_EPOCH": base.SOURCE_DATE_EPOCH}
 
 
-def cache_keys(base_key: str, stage_dir: Path, archive: dict[str, str]) -> list[tuple[Script, str]]:
+def cache_keys(
+    base_key: str, stage_dir: Path, archive: dict[str, str], pins: dict[str, str] | None = None
+) -> list[tuple[Script, str]]:
     """Where each script's layer is cached: its recipe key plus Debian's archive state (the recipe
-    names the packages, the archive decides their versions; base.archive_state says why) and the
-    build environment."""
-    return [(script, digest(key, archive, build_env())) for script, key in layer_keys(base_key, stage_dir)]
+    names the packages, the archive decides their versions; base.archive_state says why), the
+    build environment, and a pinned bake's versions (its layers serve only the same pins)."""
+    extra = [pins] if pins else []
+    return [(script, digest(key, archive, build_env(), *extra)) for script, key in layer_keys(base_key, stage_dir)]
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -112,9 +115,10 @@ def provision_tree(
     cache: Cache,
     archive: dict[str, str],
     use_layers: bool = True,
+    pins: dict[str, str] | None = None,
 ) -> Path:
     """Build the sealed tree in `work`: nearest cached layer (unless told not to), then the remaining scripts."""
-    keyed = cache_keys(base_key, stage_dir, archive)
+    keyed = cache_keys(base_key, stage_dir, archive, pins)
     start = 0
     source = base_tree
     for i in range(len(keyed) - 1 if use_layers else -1, -1, -1):

@@ -56,21 +56,32 @@ class Provisioner(abc.ABC):
 
 
 class Chroot(Provisioner):
-    def __init__(self, s: Settings, cache: Cache, use_layers: bool = True, fresh_base: bool = False):
+    def __init__(
+        self,
+        s: Settings,
+        cache: Cache,
+        use_layers: bool = True,
+        fresh_base: bool = False,
+        pins: dict[str, str] | None = None,
+    ):
         super().__init__(s, cache, tools=("mmdebstrap", "qemu-img", "sfdisk", "chroot", "mount"))
         self.extra_ca = s.image.extra_ca
         self.use_layers = use_layers
-        self.fresh_base = fresh_base
+        self.pins = pins
+        self.fresh_base = fresh_base or bool(pins)  # a pinned base is made for its bake
 
     def run(self, stage_dir: Path, name: str, work: Path) -> Built:
         s, cache = self.s, self.cache
         archive = base.archive_state(s)
-        base_tree = base.build(s, work / "base", work) if self.fresh_base else base.ensure(s, cache, archive)
+        fresh = self.fresh_base
+        base_tree = base.build(s, work / "base", work, self.pins) if fresh else base.ensure(s, cache, archive)
         tree = provision.provision_tree(
-            base_tree, self.base_key(), stage_dir, work / "root", cache, archive, self.use_layers
+            base_tree, self.base_key(), stage_dir, work / "root", cache, archive, self.use_layers, self.pins
         )
         with log.step("Packages in the image"):
             debs = sbom.debian_packages(tree)
+            if self.pins:
+                base.check_pins({d["name"]: d["version"] for d in debs}, self.pins, "image")
             installed = sbom.installed_wheels(tree)
             wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
             missing = [w["name"] for w in wheels if installed.get(w["name"].replace("_", "-")) != w["version"]]

@@ -32,7 +32,9 @@ class Target(Protocol):
     name: str
 
     # -- images -------------------------------------------------------------------------------------
-    def provisioner(self, via: str | None, use_layers: bool = True, fresh_base: bool = False) -> Provisioner: ...
+    def provisioner(
+        self, via: str | None, use_layers: bool = True, fresh_base: bool = False, pins: dict[str, str] | None = None
+    ) -> Provisioner: ...
 
     def publish(self, name: str, built: Built, manifest: dict, bom: dict) -> Image: ...
 

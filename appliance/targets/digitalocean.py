@@ -108,11 +108,19 @@ class DigitalOceanTarget:
         return self._api
 
     # -- images -------------------------------------------------------------------------------------
-    def provisioner(self, via: str | None, use_layers: bool = True, fresh_base: bool = False) -> Provisioner:
+    def provisioner(
+        self, via: str | None, use_layers: bool = True, fresh_base: bool = False, pins: dict[str, str] | None = None
+    ) -> Provisioner:
         if via not in (None, "packer"):
             die(
                 f"the digitalocean target bakes only through Packer, not --via {via}",
                 hint="drop --via",
+                status=ExitStatus.USAGE,
+            )
+        if pins:
+            die(
+                "--packages-from pins local bakes: DigitalOcean's build starts from its own Debian image",
+                hint="bake with --target local",
                 status=ExitStatus.USAGE,
             )
         return PackerDigitalOcean(self.s, Cache(self.s.dirs.cache), self.token)

@@ -93,11 +93,15 @@ class LocalTarget:
         self.clock = clock
 
     # -- images --------------------------------------------------------------------------------
-    def provisioner(self, via: str | None, use_layers: bool = True, fresh_base: bool = False) -> Provisioner:
+    def provisioner(
+        self, via: str | None, use_layers: bool = True, fresh_base: bool = False, pins: dict[str, str] | None = None
+    ) -> Provisioner:
         cache = Cache(self.s.dirs.cache)
         if via in (None, "chroot"):
-            return Chroot(self.s, cache, use_layers=use_layers, fresh_base=fresh_base)
+            return Chroot(self.s, cache, use_layers=use_layers, fresh_base=fresh_base, pins=pins)
         if via == "packer":
+            if pins:
+                die("--packages-from bakes through the chroot", hint="drop --via packer", status=ExitStatus.USAGE)
             return PackerQemu(self.s, cache)
         die(f"--via must be chroot or packer, not {via!r}", hint="chroot is the fast default", status=ExitStatus.USAGE)
 

@@ -3,7 +3,8 @@
 # Seal, last on every path: remove everything that is per-machine, per-build or secret, then run
 # the gate, which fails the bake if any private key, secret, authorized key or extra CA remains.
 set -eu
-rm -f /usr/sbin/policy-rc.d /etc/dpkg/dpkg.cfg.d/outband-build
+# The build's own settings: no daemon starts, dpkg without fsync, a pinned bake's apt versions.
+rm -f /usr/sbin/policy-rc.d /etc/dpkg/dpkg.cfg.d/outband-build /etc/apt/preferences.d/outband-pin
 # Build-time trust goes: the image trusts Debian's CA list only.
 rm -rf /usr/local/share/ca-certificates/outband-build
 update-ca-certificates --fresh >/dev/null 2>&1

@@ -235,3 +235,31 @@ def test_bake_check_rebuilds_the_image_bit_for_bit_and_names_the_one_byte_change
     changed = [line for line in lines if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
     assert lines[0] == f"--- published{TAMPERED}" and lines[1] == f"+++ rebuilt{TAMPERED}"
     assert changed == ['-      "done": "appliance Configured",', '+      "done": "appliance configured",']
+
+
+# A base-tree package Debian serves at two versions today (trixie's, and trixie-security's newer
+# one): the older pinned must be what apt installs. Where that is no longer so, only apt is checked.
+OLDER = {"libzstd1": ("1.5.7+dfsg-1+deb13u1", "1.5.7+dfsg-1")}
+
+
+def test_a_bake_pinned_to_a_version_debian_no_longer_serves_fails_naming_it(baked, tmp_path):
+    """`invoke bake --packages-from MANIFEST`: exactly the versions an earlier image recorded, or
+    no image. Here the manifest asks for an apt Debian never served (and, while Debian serves two
+    libzstd1, the older one): the bake stops after the base tree (mmdebstrap) naming apt alone —
+    libzstd1 came at the pinned version, not the newer — before any provision script, and
+    publishes nothing. (Pins Debian still serves, all of them: every `bake --check` above.)"""
+    installed = baked["manifest"]["debian_packages"]
+    pins = {**installed, "apt": "0.0-outband-test"}
+    older = {n: old for n, (new, old) in OLDER.items() if installed.get(n) == new}
+    pins.update(older)
+    earlier = tmp_path / "earlier.manifest.json"
+    earlier.write_text(json.dumps({**baked["manifest"], "debian_packages": pins}))
+    out = tmp_path / "out"
+    env = {**os.environ, "INVOKE_OUTBAND_DIRS_OUTPUT": str(out)}
+    args = ("bake", "--packages-from", str(earlier), "--webclient", WEBCLIENT)
+    result = invoke(*args, check=False, timeout=1200, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"1 pinned package version(s) (base tree): apt 0.0-outband-test (got {installed['apt']})" in result.stderr
+    assert "hint:" in result.stderr and "snapshot.debian.org" in result.stderr
+    assert "Provision" not in result.stderr
+    assert not list(out.glob("images/*.qcow2"))

@@ -186,3 +186,44 @@ def test_bake_check_without_an_image_says_to_bake_first(tmp_path):
     )
     assert check.returncode == 2
     assert "no baked image to check" in check.stderr and "invoke bake" in check.stderr
+
+
+def test_pins_are_apt_preferences_that_win_over_newer_versions():
+    from appliance import base
+
+    assert base.pin_preferences({"nginx": "1.26.3-3", "apt": "3.0.4"}) == (
+        "Package: apt\nPin: version 3.0.4\nPin-Priority: 1001\n\n"
+        "Package: nginx\nPin: version 1.26.3-3\nPin-Priority: 1001\n\n"
+    )
+
+
+def test_a_pinned_package_at_another_version_fails_the_bake_naming_it():
+    from appliance import base
+    from appliance.errors import OutbandError
+
+    pins = {"nginx": "1.26.3-3", "apt": "3.0.4", "gone": "1.0"}
+    base.check_pins({"nginx": "1.26.3-3", "apt": "3.0.4", "new": "2"}, pins, "image")  # all as pinned
+    with pytest.raises(OutbandError) as e:
+        base.check_pins({"nginx": "1.26.3-4", "apt": "3.0.4"}, pins, "base tree")
+    assert "1 pinned package version(s) (base tree): nginx 1.26.3-3 (got 1.26.3-4)" in e.value.message
+    assert "snapshot.debian.org" in e.value.hint
+
+
+def test_packages_from_takes_an_image_or_its_manifest_and_refuses_anything_else(catalogue, tmp_path):
+    _, a, _, _ = catalogue
+    s = repo_settings(
+        dirs={"output": str(tmp_path / "out"), "state": str(tmp_path / "state"), "cache": str(tmp_path / "cache")}
+    )
+    manifest = json.loads(a.manifest.read_text())
+    manifest["debian_packages"] = {"nginx": "1.26.3-3"}
+    a.manifest.write_text(json.dumps(manifest))
+    assert reproduce.pins_from(s, a.name) == {"nginx": "1.26.3-3"}
+    assert reproduce.pins_from(s, str(a.manifest)) == {"nginx": "1.26.3-3"}
+    not_manifest = tmp_path / "x.manifest.json"
+    not_manifest.write_text("[]")
+    from appliance.errors import OutbandError
+
+    with pytest.raises(OutbandError, match="not an image manifest"):
+        reproduce.pins_from(s, str(not_manifest))
+    with pytest.raises(OutbandError, match="no local image named nope"):
+        reproduce.pins_from(s, "nope")
