@@ -51,6 +51,13 @@ def listing(root: Path) -> Listing:
     return found
 
 
+def listing_of_disk(root: Path) -> Listing:
+    """The listing of an image's mounted root file system: as its tree's, less what mke2fs adds."""
+    entries = listing(root)
+    entries.pop("/lost+found", None)
+    return entries
+
+
 def dump(entries: Listing) -> bytes:
     """Gzipped TSV, byte-identical for identical listings (sorted, no name or time in the gzip header)."""
     text = "".join(f"{path}\t{entries[path]}\n" for path in sorted(entries))

@@ -33,7 +33,7 @@ class Built:
     qcow2: Path | None = None  # a local image
     kernel: Path | None = None  # its kernel, for a direct boot
     snapshot_name: str | None = None  # a cloud snapshot
-    content: bytes | None = None  # the image's content listing (appliance/content.py), where the tree is at hand
+    content: bytes | None = None  # the image's content listing (appliance/content.py), local disks only
 
 
 @dataclass
@@ -164,7 +164,11 @@ class PackerQemu(Provisioner):
             packer.build(variables, only="qemu")
         with log.step("Compressed qcow2"):
             disk.to_qcow2(work / "out/outband.qcow2", work / "image.qcow2")
-        return Built(sbom.parse_dpkg((work / "facts.tsv").read_text()), archive, work / "image.qcow2", work / "vmlinuz")
+        # The tree stayed in the build VM: the listing comes from the finished disk, mounted read-only.
+        with log.step("Content listing (a hash of every file)"), disk.mounted_root(work / "image.qcow2", work) as root:
+            listing = content.dump(content.listing_of_disk(root))
+        debs = sbom.parse_dpkg((work / "facts.tsv").read_text())
+        return Built(debs, archive, work / "image.qcow2", work / "vmlinuz", content=listing)
 
 
 class PackerDigitalOcean(Provisioner):

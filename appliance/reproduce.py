@@ -155,12 +155,6 @@ def diff_images(s: Settings, refs: list[str], as_json: bool = False) -> ExitStat
     return ExitStatus.OK if cmp.same_bytes or not (cmp.files or cmp.packages) else ExitStatus.DIFFERENT
 
 
-def mounted_listing(root: Path) -> content.Listing:
-    entries = content.listing(root)
-    entries.pop("/lost+found", None)  # made by mke2fs itself, not from the tree
-    return entries
-
-
 def check(s: Settings, as_json: bool = False) -> ExitStatus:
     """Rebuild the latest image from a new base tree without the layer cache, with the package
     versions it recorded (the downloaded debs, wheels and web client reused), and compare it with
@@ -186,17 +180,21 @@ def check(s: Settings, as_json: bool = False) -> ExitStatus:
         recorded = images.qcow2_sha256(published)
         if recorded != theirs:
             log.warn(f"{published.path.name} is not what its manifest recorded: sha256 {theirs}, recorded {recorded}")
-        if theirs == ours:
+        # Launches boot the kernel exported beside the image, not the one inside it: check it too.
+        kernel_same = hash_file(published.kernel) == hash_file(rebuilt.kernel)
+        if not kernel_same:
+            log.warn(f"{published.kernel.name} differs from the rebuild's kernel")
+        if theirs == ours and kernel_same:
             if as_json:
                 sys.stdout.write("[]\n")
-            log.console.print(f"reproducible: the rebuild has the published sha256 ({ours})")
+            log.console.print(f"reproducible: the rebuild has the published sha256 ({ours}) and kernel")
             return ExitStatus.OK
         with (
             log.step("Compare the published image's files with the rebuild's (both mounted read-only)"),
             disk.mounted_root(published.path, Path(out)) as a,
             disk.mounted_root(rebuilt.path, Path(out)) as b,
         ):
-            files = content.diff(mounted_listing(a), mounted_listing(b))
+            files = content.diff(content.listing_of_disk(a), content.listing_of_disk(b))
             details = {
                 d.path: content.show_difference(a, b, d.path, ("published", "rebuilt"))
                 for d in files
