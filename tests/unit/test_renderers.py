@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jinja2
@@ -93,3 +94,21 @@ def test_homeserver_yaml_is_written_last(monkeypatch):
     firstboot.render_configs(contract, env)
     assert written[-1] == "homeserver.yaml"
     assert "log.yaml" in written
+
+
+def tls12_ciphers(text: str, pattern: str) -> list[str]:
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, pattern
+    return match.group(1).split(":")
+
+
+def test_nginx_and_coturn_offer_the_same_tls12_suites_ecdhe_and_aead_only():
+    """Issue 19: Mozilla's intermediate profile without DHE on 443, 8448 (nginx) and 5349 (coturn).
+    What a scanner actually gets from a launched appliance: tests/e2e/test_scanners.py."""
+    root = Path(__file__).parents[2] / "images/files"
+    nginx = tls12_ciphers((root / "etc/nginx/conf.d/outband.conf").read_text(), r"^ssl_ciphers (\S+);$")
+    coturn = tls12_ciphers(
+        (root / "usr/local/lib/outband/templates/turnserver.conf.j2").read_text(), r'^cipher-list="(\S+)"$'
+    )
+    assert nginx == coturn
+    assert all(c.startswith("ECDHE-") and ("-GCM-" in c or "CHACHA20-POLY1305" in c) for c in nginx), nginx
