@@ -82,14 +82,11 @@ def build_env() -> dict[str, str]:
     return {"SOURCE_DATE_EPOCH": base.SOURCE_DATE_EPOCH}
 
 
-def cache_keys(
-    base_key: str, stage_dir: Path, archive: dict[str, str], pins: dict[str, str] | None = None
-) -> list[tuple[Script, str]]:
+def cache_keys(base_key: str, stage_dir: Path, archive: dict[str, str]) -> list[tuple[Script, str]]:
     """Where each script's layer is cached: its recipe key plus Debian's archive state (the recipe
-    names the packages, the archive decides their versions; base.archive_state says why), the
-    build environment, and a pinned bake's versions (its layers serve only the same pins)."""
-    extra = [pins] if pins else []
-    return [(script, digest(key, archive, build_env(), *extra)) for script, key in layer_keys(base_key, stage_dir)]
+    names the packages, the archive decides their versions; base.archive_state says why) and the
+    build environment."""
+    return [(script, digest(key, archive, build_env())) for script, key in layer_keys(base_key, stage_dir)]
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -115,13 +112,16 @@ def provision_tree(
     cache: Cache,
     archive: dict[str, str],
     use_layers: bool = True,
-    pins: dict[str, str] | None = None,
+    pinned: bool = False,
 ) -> Path:
-    """Build the sealed tree in `work`: nearest cached layer (unless told not to), then the remaining scripts."""
-    keyed = cache_keys(base_key, stage_dir, archive, pins)
+    """Build the sealed tree in `work`: nearest cached layer (unless told not to), then the remaining
+    scripts. A `pinned` bake (exact package versions: `--packages-from`, `bake --check`) neither
+    reads nor writes the layer cache: its trees are not what the keys say, and the cache stays the
+    everyday bakes' (a check does not throw their layers away)."""
+    keyed = cache_keys(base_key, stage_dir, archive)
     start = 0
     source = base_tree
-    for i in range(len(keyed) - 1 if use_layers else -1, -1, -1):
+    for i in range(len(keyed) - 1 if use_layers and not pinned else -1, -1, -1):
         layer = cache.path("layers", keyed[i][1])
         if keyed[i][0].name != SEAL and layer.is_dir():
             start, source = i + 1, layer
@@ -147,10 +147,11 @@ def provision_tree(
         started = time.monotonic()
         with log.step(f"Provision {script.name}"):
             run_in_tree(work, script, {} if script.name == SEAL else binds, env)
-        if script.name != SEAL and time.monotonic() - started >= LAYER_MIN_SECONDS:
+        if not pinned and script.name != SEAL and time.monotonic() - started >= LAYER_MIN_SECONDS:
             layer = cache.path("layers", key)
             tmp = cache.tmp(layer)
             copy_tree(work, tmp)
             cache.commit(tmp, layer)
-    cache.prune("layers", keep)
+    if not pinned:
+        cache.prune("layers", keep)
     return work

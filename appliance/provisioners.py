@@ -76,7 +76,7 @@ class Chroot(Provisioner):
         fresh = self.fresh_base
         base_tree = base.build(s, work / "base", work, self.pins) if fresh else base.ensure(s, cache, archive)
         tree = provision.provision_tree(
-            base_tree, self.base_key(), stage_dir, work / "root", cache, archive, self.use_layers, self.pins
+            base_tree, self.base_key(), stage_dir, work / "root", cache, archive, self.use_layers, bool(self.pins)
         )
         with log.step("Packages in the image"):
             debs = sbom.debian_packages(tree)

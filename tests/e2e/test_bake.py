@@ -201,7 +201,7 @@ def tamper(qcow2: Path, path: str, work: Path) -> None:
 
 
 def test_bake_check_rebuilds_the_image_bit_for_bit_and_names_the_one_byte_changed_in_a_copy(
-    baked, tmp_path, record_property
+    baked, settings, tmp_path, record_property
 ):
     """`invoke bake --check` against a copy of the published image with one byte changed in one file
     that a provision script installed (its manifest and listing untouched). The rebuild runs every
@@ -220,9 +220,12 @@ def test_bake_check_rebuilds_the_image_bit_for_bit_and_names_the_one_byte_change
     tamper(out / "images" / original.name, TAMPERED, tmp_path)
 
     env = {**os.environ, "INVOKE_OUTBAND_DIRS_OUTPUT": str(out)}
+    layers = sorted(p.name for p in (settings.dirs.cache / "layers").iterdir())
     started = time.monotonic()
     result = invoke("bake", "--check", "--json", "--webclient", WEBCLIENT, check=False, timeout=1800, env=env)
     record_property("measured", f"bake --check {time.monotonic() - started:.0f} s")
+    # The everyday bakes' layer cache is neither used nor changed by a check.
+    assert sorted(p.name for p in (settings.dirs.cache / "layers").iterdir()) == layers
     assert result.returncode == 5, (result.stdout[-3000:], result.stderr[-3000:])
     rebuilt = re.search(r"the rebuild's sha256 is ([0-9a-f]{64})", result.stderr)
     assert rebuilt and rebuilt.group(1) == before, result.stderr[-3000:]
