@@ -1,6 +1,7 @@
 """An image's content listing: one line per path of its file system — kind, sha256 of a file's
 bytes, mode, owner, a link's target — so two images can be compared without booting or mounting
-them (`invoke images --diff A B`, `invoke bake --check`).
+them (`invoke images --diff A B`); and, for `invoke bake --check`, the same listing and short
+diffs from two images mounted read-only (appliance/disk.py: mounted_root).
 
 Kept beside the manifest as `<image>.files.tsv.gz` (a manifest with ~30,000 entries inline would be
 unreadable); the manifest records the listing's sha256, so the listing is as trustworthy as the

@@ -107,11 +107,14 @@ def versions(image: DiskImage) -> dict[str, str]:
     return found
 
 
-def compare(a: DiskImage, b: DiskImage) -> Comparison:
+def version_changes(a: DiskImage, b: DiskImage) -> dict[str, tuple[str, str]]:
     va, vb = versions(a), versions(b)
-    packages = {n: (va.get(n, "-"), vb.get(n, "-")) for n in sorted(set(va) | set(vb)) if va.get(n) != vb.get(n)}
+    return {n: (va.get(n, "-"), vb.get(n, "-")) for n in sorted(set(va) | set(vb)) if va.get(n) != vb.get(n)}
+
+
+def compare(a: DiskImage, b: DiskImage) -> Comparison:
     same = images.qcow2_sha256(a) == images.qcow2_sha256(b)
-    return Comparison(a, b, same, content.diff(listing(a), listing(b)), packages)
+    return Comparison(a, b, same, content.diff(listing(a), listing(b)), version_changes(a, b))
 
 
 def show(cmp: Comparison, known: dict[str, str], as_json: bool, details: dict[str, str] | None = None) -> None:
@@ -200,8 +203,7 @@ def check(s: Settings, as_json: bool = False) -> ExitStatus:
                 for d in files
                 if d.change == "changed"
             }
-        va, vb = versions(published), versions(rebuilt)
-        packages = {n: (va.get(n, "-"), vb.get(n, "-")) for n in sorted(set(va) | set(vb)) if va.get(n) != vb.get(n)}
-        show(Comparison(published, rebuilt, False, files, packages), known_differences(), as_json, details)
+        cmp = Comparison(published, rebuilt, False, files, version_changes(published, rebuilt))
+        show(cmp, known_differences(), as_json, details)
     log.console.print(f"not reproducible: the rebuild's sha256 is {ours}, the published image's {theirs}")
     return ExitStatus.DIFFERENT
