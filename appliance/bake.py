@@ -95,7 +95,10 @@ def bake(
             built = provisioner.run(stage_dir, name, work)
             # pip --require-hashes installed exactly the lock, or provisioning failed.
             wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
-            bom = sbom.cyclonedx(name, recipe_hash, built.debs, wheels, web, SUITE_VERSIONS.get(s.image.suite, "?"))
+            recorder = sbom.locked_wheels(IMAGES / "lock/recorder.txt")
+            bom = sbom.cyclonedx(
+                name, recipe_hash, built.debs, wheels + recorder, web, SUITE_VERSIONS.get(s.image.suite, "?")
+            )
             manifest = {
                 "target": s.target,
                 "recipe_sha256": recipe_hash,
@@ -106,5 +109,6 @@ def bake(
                 "webclient": {"name": web.name, "version": web.version, "sha256": web.sha256},
                 "debian_packages": {d["name"]: d["version"] for d in built.debs},
                 "wheels": {w["name"]: {"version": w["version"], "sha256": w["sha256"]} for w in wheels},
+                "recorder_wheels": {w["name"]: {"version": w["version"], "sha256": w["sha256"]} for w in recorder},
             }
             return target.publish(name, built, manifest, bom)

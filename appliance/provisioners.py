@@ -82,14 +82,15 @@ class Chroot(Provisioner):
             debs = sbom.debian_packages(tree)
             if self.pins:
                 base.check_pins({d["name"]: d["version"] for d in debs}, self.pins, "image")
-            installed = sbom.installed_wheels(tree)
-            wheels = sbom.locked_wheels(IMAGES / "lock/synapse.txt")
-            missing = [w["name"] for w in wheels if installed.get(w["name"].replace("_", "-")) != w["version"]]
-            if missing:
-                die(
-                    f"the Synapse venv does not match the lock for: {', '.join(missing)}",
-                    hint="run `invoke lock` and bake again",
-                )
+            for lock, venv in sbom.VENVS.items():
+                installed = sbom.installed_wheels(tree, venv)
+                wheels = sbom.locked_wheels(IMAGES / f"lock/{lock}.txt")
+                missing = [w["name"] for w in wheels if installed.get(w["name"].replace("_", "-")) != w["version"]]
+                if missing:
+                    die(
+                        f"/{venv} does not match lock/{lock}.txt for: {', '.join(missing)}",
+                        hint="run `invoke lock` and bake again",
+                    )
         with log.step(f"Disk image ({s.image.disk_gb} GiB, BIOS/GRUB) → compressed qcow2"):
             fsid = disk.fs_uuid(name)
             disk.prepare_boot(tree, fsid)

@@ -102,6 +102,7 @@ def versions(image: DiskImage) -> dict[str, str]:
     manifest = json.loads(image.manifest.read_text()) if image.manifest.exists() else {}
     found = dict(manifest.get("debian_packages", {}))
     found.update({f"wheel:{n}": w["version"] for n, w in manifest.get("wheels", {}).items()})
+    found.update({f"wheel:recorder/{n}": w["version"] for n, w in manifest.get("recorder_wheels", {}).items()})
     if "webclient" in manifest:
         found["webclient"] = f"{manifest['webclient'].get('name')} {manifest['webclient'].get('sha256', '')[:12]}"
     return found

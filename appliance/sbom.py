@@ -43,10 +43,14 @@ def locked_wheels(lock_file: Path) -> list[dict[str, Any]]:
     return sorted(wheels, key=lambda w: w["name"])
 
 
-def installed_wheels(tree: Path) -> dict[str, str]:
-    """What pip actually installed in the Synapse venv (name → version), from the dist-info folders."""
+# Each venv of the image and its lock (images/lock/NAME.txt).
+VENVS = {"synapse": "opt/synapse", "recorder": "opt/recorder"}
+
+
+def installed_wheels(tree: Path, venv: str = "opt/synapse") -> dict[str, str]:
+    """What pip actually installed in one venv (name → version), from the dist-info folders."""
     found = {}
-    for dist in tree.glob("opt/synapse/lib/python3*/site-packages/*.dist-info"):
+    for dist in tree.glob(f"{venv}/lib/python3*/site-packages/*.dist-info"):
         name, _, version = dist.name.removesuffix(".dist-info").rpartition("-")
         found[name.lower().replace("_", "-")] = version
     return found
@@ -70,7 +74,7 @@ def cyclonedx(
                 "purl": f"pkg:deb/debian/{d['name']}@{d['version']}?arch={d['arch']}&distro=debian-{suite_version}",
             }
         )
-    for w in wheels:
+    for w in {(w["name"], w["version"]): w for w in wheels}.values():  # a wheel both venvs pin, once
         components.append(
             {
                 "type": "library",

@@ -24,9 +24,10 @@ PRIVATE_KEY = re.compile(
 # Synapse signing keys: "ed25519 <key id> <unpadded base64 seed>"
 SIGNING_KEY = re.compile(rb"^ed25519 [A-Za-z0-9_]+ [A-Za-z0-9+/]{43}\s*$", re.MULTILINE)
 SKIP_DIRS = {"proc", "sys", "dev", "run"}
-# Public test fixtures that ship inside Python packages (twisted, cryptography…): not secrets.
+# Public test fixtures that ship inside Python packages (twisted, cryptography, pycryptodome's
+# SelfTest…), as sources or their byte-compiled copies: not secrets.
 FIXTURE = re.compile(
-    r"/(?:site|dist)-packages/.*/(?:tests?|testing|test_\w+)(?:/|\.py$)"
+    r"/(?:site|dist)-packages/.*/(?:tests?|testing|SelfTest|test_\w+)(?:/|\.py$|\.cpython-\d+\.pyc$)"
     # Synapse's manhole (disabled here) embeds a fixed, published SSH key in its source.
     r"|/site-packages/synapse/util/(?:__pycache__/)?manhole[.\w-]*\.pyc?$"
 )

@@ -23,6 +23,17 @@ def test_every_wheel_is_pinned_with_a_hash():
     assert not names & {"psycopg2", "psycopg2-binary"}
 
 
+def test_the_recorders_lock_pins_nio_with_vodozemac_and_leaves_wheel_less_packages_to_debian():
+    wheels = {w["name"]: w for w in sbom.locked_wheels(REPO / "images/lock/recorder.txt")}
+    wanted = re.search(r"^matrix-nio\[e2e\]==(\S+)", (REPO / "images/lock/recorder.in").read_text(), re.MULTILINE)
+    assert wanted and wheels["matrix-nio"]["version"] == wanted.group(1)
+    assert "vodozemac" in wheels and all(w["sha256"] for w in wheels.values())
+    # No wheels on PyPI: Debian's builds (apt-packages.txt), never compiled in the image.
+    assert not wheels.keys() & {"peewee", "atomicwrites", "python-olm"}
+    apt = (REPO / "images/lock/apt-packages.txt").read_text().split()
+    assert {"python3-peewee", "python3-atomicwrites", "python3-cryptography"} <= set(apt)
+
+
 def test_lock_matches_its_input():
     wanted = re.search(r"^matrix-synapse==(\S+)", (REPO / "images/lock/synapse.in").read_text(), re.MULTILINE)
     locked = {w["name"]: w["version"] for w in sbom.locked_wheels(LOCK)}

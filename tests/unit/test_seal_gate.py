@@ -118,7 +118,12 @@ def test_the_marker_string_alone_is_not_a_key(tree):
 def test_published_test_fixtures_in_packages_are_not_findings(tree):
     plant_private_key(tree / "opt/synapse/lib/python3.13/site-packages/twisted/test/server.pem")
     plant_private_key(tree / "opt/synapse/lib/python3.13/site-packages/synapse/util/manhole.py")
+    selftest = "opt/recorder/lib/python3.13/site-packages/Crypto/SelfTest/Signature"
+    plant_private_key(tree / selftest / "__pycache__/test_pss.cpython-313.pyc")
     assert gate.findings(tree, []) == []
+    # …but a key in a package's ordinary module is found.
+    plant_private_key(tree / "opt/recorder/lib/python3.13/site-packages/nio/__pycache__/store.cpython-313.pyc")
+    assert len(gate.findings(tree, [])) == 1
 
 
 def test_a_synapse_signing_key_fails_the_gate(tree):
