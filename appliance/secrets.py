@@ -32,6 +32,7 @@ class LaunchSecrets:
     registration_shared: str
     turn: str
     db_password: str
+    case_key: str  # the case record's signing key (ed25519 seed, unpadded base64); the launcher keeps its public half
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -46,6 +47,19 @@ def synapse_signing_key() -> str:
     seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     key_id = "a_" + "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(4))
     return f"ed25519 {key_id} {base64.b64encode(seed).decode().rstrip('=')}"
+
+
+def ed25519_seed() -> str:
+    key = Ed25519PrivateKey.generate()
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return base64.b64encode(seed).decode().rstrip("=")
+
+
+def ed25519_public(seed_b64: str) -> str:
+    """The public half of an unpadded-base64 ed25519 seed, unpadded base64 too."""
+    public = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed_b64 + "=")).public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode().rstrip("=")
 
 
 def ssh_keypair(comment: str) -> SshKeyPair:
@@ -65,4 +79,5 @@ def generate() -> LaunchSecrets:
         registration_shared=random_secret(),
         turn=random_secret(),
         db_password=random_secret(24),
+        case_key=ed25519_seed(),
     )

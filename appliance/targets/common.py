@@ -3,7 +3,6 @@ file for tests/infra, and a failed launch's clean-up."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import subprocess
@@ -11,9 +10,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance import contract, log, secrets, ssh, systemd
 from appliance.errors import OutbandError, die
@@ -57,10 +53,7 @@ def new_identity(record: Record) -> Identity:
 
 
 def signing_public_key(signing_key: str) -> str:
-    seed = base64.b64decode(signing_key.split()[2] + "=")
-    public = Ed25519PrivateKey.from_private_bytes(seed).public_key()
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode().rstrip("=")
+    return secrets.ed25519_public(signing_key.split()[2])
 
 
 def write_facts(record: Record, target: str, address: str, ssh_port: int, identity: Identity, acme_root: str) -> Path:
@@ -79,6 +72,9 @@ def write_facts(record: Record, target: str, address: str, ssh_port: int, identi
         "host_key_fingerprint": ssh.fingerprint(identity.host_key.public_openssh),
         "signing_key_id": "ed25519:" + identity.secrets.signing_key.split()[1],
         "signing_public_key": signing_public_key(identity.secrets.signing_key),
+        # The case record's public key, kept here from the launch on: an export is checked against
+        # this, never against a key the appliance (or the exported folder) offers.
+        "case_public_key": secrets.ed25519_public(identity.secrets.case_key),
         "secrets_file": str(record.path("secrets.json")),
     }
     return write_private(record.path("facts.json"), json.dumps(facts, indent=2) + "\n")

@@ -6,8 +6,10 @@ set -eu
 cp -r "$OUTBAND_STAGE/files/." /
 chmod 0755 /usr/local/lib/outband/firstboot.py /usr/local/lib/outband/render-static \
   /usr/local/lib/outband/restore-ipv6ll /usr/local/lib/outband/pg-identity \
+  /usr/local/lib/outband/recorder-account \
   /etc/letsencrypt/renewal-hooks/deploy/outband
-chmod 0644 /usr/local/lib/outband/synapse-start.py /usr/local/lib/outband/contract.json
+chmod 0644 /usr/local/lib/outband/synapse-start.py /usr/local/lib/outband/contract.json \
+  /usr/local/lib/outband/recorder.py
 chmod 0644 /etc/systemd/system/*.service
 install -d -o root -g root -m 0700 /etc/outband
 # The firewall and cloud-init's settings, from their templates and the contract's constants.
@@ -67,4 +69,4 @@ install -d -m 0755 /var/lib/outband
 systemctl daemon-reload 2>/dev/null || true
 systemctl enable outband-firstboot.service synapse.service nginx.service coturn.service \
   postgresql.service nftables.service unattended-upgrades.service ssh.service \
-  outband-restore-ipv6ll.service >/dev/null 2>&1
+  outband-restore-ipv6ll.service outband-recorder.service >/dev/null 2>&1

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-SERVICES = ["synapse", "nginx", "coturn", "postgresql@17-main", "nftables", "ssh", "outband-firstboot"]
+SERVICES = [
+    "synapse",
+    "nginx",
+    "coturn",
+    "postgresql@17-main",
+    "nftables",
+    "ssh",
+    "outband-firstboot",
+    "outband-recorder",
+]
 ONESHOTS = {"outband-firstboot", "nftables"}
 SECRET_FILES = [
     ("/etc/synapse/secrets/signing.key", "root", "synapse", "640"),
@@ -27,6 +36,11 @@ SECRET_FILES = [
     ("/etc/synapse/homeserver.yaml", "root", "synapse", "640"),
     ("/etc/turnserver.conf", "root", "turnserver", "640"),
     ("/etc/ssh/ssh_host_ed25519_key", "root", "root", "600"),
+    # The case recorder's: the case key (from the contract), its store's key and its access token.
+    ("/etc/outband/recorder/case.key", "outband-recorder", "outband-recorder", "600"),
+    ("/etc/outband/recorder/store.key", "outband-recorder", "outband-recorder", "600"),
+    ("/var/lib/outband/recorder/session.json", "outband-recorder", "outband-recorder", "600"),
+    ("/var/lib/outband/case", "outband-recorder", "outband-recorder", "750"),
 ]
 # First boot's "configured once" marker (it holds the domain): on a later boot its unit is skipped.
 FIRST_BOOT_MARKER = "/var/lib/outband/configured"
@@ -37,6 +51,7 @@ ROOT_ONLY_READS = [
     "/etc/synapse/homeserver.yaml",
     "/etc/turnserver.conf",
     "/sys/kernel/security/lsm",
+    "/etc/outband/recorder/case.key",
 ]
 COMPILERS = ("gcc", "cpp", "make", "python3-dev")
 # Any surviving copy of the contract holds its JSON key "db_password" (quotes included; no file or
@@ -136,7 +151,13 @@ def test_service_enabled_and_running(units, root_files, domain, unit):
 
 
 @pytest.mark.parametrize(
-    ("unit", "user"), [("synapse", "synapse"), ("coturn", "turnserver"), ("postgresql@17-main", "postgres")]
+    ("unit", "user"),
+    [
+        ("synapse", "synapse"),
+        ("coturn", "turnserver"),
+        ("postgresql@17-main", "postgres"),
+        ("outband-recorder", "outband-recorder"),
+    ],
 )
 def test_services_run_as_their_own_users(probe, units, unit, user):
     pid = units[unit]["MainPID"]
@@ -145,10 +166,11 @@ def test_services_run_as_their_own_users(probe, units, unit, user):
     assert owners[pid] == user
 
 
-def test_synapse_is_sandboxed(units):
-    assert units["synapse"]["NoNewPrivileges"] == "yes"
-    assert units["synapse"]["ProtectSystem"] == "strict"
-    assert units["synapse"]["PrivateTmp"] == "yes"
+@pytest.mark.parametrize("unit", ["synapse", "outband-recorder"])
+def test_long_running_python_services_are_sandboxed(units, unit):
+    assert units[unit]["NoNewPrivileges"] == "yes"
+    assert units[unit]["ProtectSystem"] == "strict"
+    assert units[unit]["PrivateTmp"] in ("yes", "disconnected")
 
 
 def listeners(probe) -> dict[str, str]:
@@ -194,6 +216,7 @@ def test_injected_secrets_are_the_ones_in_use(root_files, facts):
     assert root_files["/etc/synapse/secrets/turn"] == secrets["turn"]
     assert f"static-auth-secret={secrets['turn']}\n" in root_files["/etc/turnserver.conf"]
     assert root_files["/etc/synapse/secrets/signing.key"].strip() == secrets["signing_key"]
+    assert root_files["/etc/outband/recorder/case.key"].strip() == secrets["case_key"]
 
 
 def test_synapse_config(root_files, domain):

@@ -192,6 +192,8 @@ def write_secrets(c: dict) -> None:
         write(SECRETS / name, s[name], "root", "synapse", 0o640)
     # libpq ignores a password file that its user does not own or that others can read.
     write(SECRETS / "pgpass", f"127.0.0.1:5432:synapse:synapse:{s['db_password']}\n", "synapse", "synapse", 0o600)
+    # The case recorder's signing key, for the recorder alone (its unit starts only once this exists).
+    write(Path(PATHS["recorder_keys"]) / "case.key", s["case_key"] + "\n", "outband-recorder", "outband-recorder")
 
 
 def render_configs(c: dict, env: jinja2.Environment) -> None:
@@ -462,7 +464,9 @@ def configure() -> str:
     MARKER.parent.mkdir(parents=True, exist_ok=True)
     MARKER.write_text(c["domain"] + "\n")
     # Returns once Synapse has told systemd it is ready (Type=notify) or failed.
-    run("systemctl", "start", "synapse.service", "coturn.service")
+    # The case recorder (ordered after Synapse) registers its account in its start: a configured
+    # appliance is one that records from the moment a room invites it.
+    run("systemctl", "start", "synapse.service", "coturn.service", "outband-recorder.service")
     remove_user_data()
     return c["domain"]
 
