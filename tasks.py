@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from invoke import Collection, Context, Exit, task
 
 from appliance import bake as bake_mod
+from appliance import case as case_mod
 from appliance import launch as launch_mod
 from appliance import lock as lock_mod
 from appliance import log, reproduce, teamops
@@ -55,11 +58,12 @@ def bake(
         log.out.print(f"log:      {log.log_path()}")
 
 
-@task
-def lock(c: Context) -> None:
-    """Re-resolve images/lock/synapse.txt (versions + hashes) for the image's Python."""
+@task(help={"only": "comma-separated locks to re-resolve (default: all of them: synapse, recorder)"})
+def lock(c: Context, only: str = "") -> None:
+    """Re-resolve images/lock/NAME.txt (versions + hashes) for the image's Python."""
     with command("lock", c) as s:
-        lock_mod.lock(s, Cache(s.dirs.cache))
+        which = tuple(n.strip() for n in only.split(",") if n.strip()) or tuple(lock_mod.LOCKS)
+        lock_mod.lock(s, Cache(s.dirs.cache), which)
 
 
 @task(
@@ -92,11 +96,18 @@ def verify(c: Context, name: str | None = None) -> None:
         verify_mod.verify(s, name or s.name)
 
 
-@task(help={"name": "appliance name (default: outband.name)", "yes": "do not ask for confirmation"})
-def destroy(c: Context, name: str | None = None, yes: bool = False) -> None:
-    """Stop an appliance and remove everything made for it (secrets shredded). Idempotent."""
+@task(
+    help={
+        "name": "appliance name (default: outband.name)",
+        "yes": "do not ask for confirmation",
+        "discard-record": "destroy even though the case record holds events no `invoke case.export` has taken",
+    }
+)
+def destroy(c: Context, name: str | None = None, yes: bool = False, discard_record: bool = False) -> None:
+    """Stop an appliance and remove everything made for it (secrets shredded). Idempotent.
+    Refused while its case record holds unexported events (see `invoke case.export`)."""
     with command("destroy", c) as s:
-        launch_mod.destroy(s, name or s.name, yes=yes)
+        launch_mod.destroy(s, name or s.name, yes=yes, discard_record=discard_record)
 
 
 @task(help={"name": "appliance name (default: outband.name)"})
@@ -126,14 +137,22 @@ def list_(c: Context) -> None:
         "cold": "include a cold bake (empty cache)",
         "webclient": "element or hydrogen",
         "journey": "also a browser sign-in and 2×50 end-to-end encrypted messages (browser ↔ nio)",
+        "case": "also the case recorder under 1,000 encrypted messages + 20 files, and their case.export",
     }
 )
-def bench(c: Context, runs: int = 1, cold: bool = True, webclient: str | None = None, journey: bool = False) -> None:
+def bench(
+    c: Context,
+    runs: int = 1,
+    cold: bool = True,
+    webclient: str | None = None,
+    journey: bool = False,
+    case: bool = False,
+) -> None:
     """Measure bake (cold/warm), image size, launch→verified, destroy, idle memory → BENCHMARKS.md."""
     from appliance import bench as bench_mod
 
     with command("bench", c, webclient=webclient) as s:
-        results, accel = bench_mod.run(s, runs=runs, cold=cold, journey=journey)
+        results, accel = bench_mod.run(s, runs=runs, cold=cold, journey=journey, case=case)
         path = bench_mod.write_markdown(s, results, accel)
         log.console.print(path.read_text())
 
@@ -247,6 +266,28 @@ def turn_check(c: Context, name: str | None = None) -> None:
         teamops.turn_check(s, name or s.name)
 
 
+@task(
+    name="export",
+    help={"name": APPLIANCE_HELP, "out": "directory to export into (default: ./cases/NAME); re-runs add what is new"},
+)
+def case_export(c: Context, name: str | None = None, out: str | None = None) -> None:
+    """Pull the case record (every recorded event, decrypted, and its media) over the pinned SSH channel,
+    check its hash chain and signature against the case key kept at launch, and render index.html."""
+    with command("case-export", c) as s:
+        case_mod.export(s, name or s.name, Path(out) if out else None)
+
+
+@task(
+    name="verify",
+    help={"folder": "an exported case directory", "key": "the case's public key (default: the one the export kept)"},
+)
+def case_verify(c: Context, folder: str, key: str | None = None) -> None:
+    """Re-check an exported case offline: any changed, missing or reordered line or media file is named."""
+    with command("case-verify", c, log_file=False):
+        case_mod.verify(Path(folder), key)
+
+
+cases = Collection("case", case_export, case_verify)
 users = Collection("user", user_add, user_list, user_devices, user_deactivate, user_reset_password)
 rooms = Collection("room", room_members)
 ns = Collection(
@@ -265,4 +306,5 @@ ns = Collection(
     turn_check,
     users,
     rooms,
+    cases,
 )

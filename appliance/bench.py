@@ -25,6 +25,7 @@ LATENCIES = {
     "journey_sign_in_s": ("Browser sign-in → #control visible (Hydrogen, headless Chromium)", "s"),
     "journey_browser_to_nio_ms": ("Message sent in the browser → decrypted by a nio device", "ms"),
     "journey_nio_to_browser_ms": ("Message sent by a nio device → shown decrypted in the browser", "ms"),
+    "case_lag_ms": ("Case record: message accepted by Synapse → line in the case folder (1,000 messages)", "ms"),
 }
 TARGETS = {
     "bake_cold_s": ("Cold bake (empty cache)", 360, "≤ 6 min"),
@@ -37,6 +38,7 @@ TARGETS = {
     "verify_s": ("verify (tests/infra)", None, ""),
     "start_verified_s": ("stop, then start → verified (first boot already done)", None, ""),
     "destroy_s": ("destroy", 5, "≤ 5 s"),
+    "case_export_s": ("case.export of 1,000 messages + 20 files (first export, verified, rendered)", None, ""),
     "idle_rss_mb": ("Idle RSS: Synapse + PostgreSQL + coturn + nginx", 450, "≤ 450 MB"),
     "guest_used_mb": ("Idle guest memory in use (free -m)", None, ""),
 }
@@ -84,7 +86,7 @@ def idle_memory(record) -> tuple[float, float]:
 
 
 def run(
-    s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60, journey: bool = False
+    s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60, journey: bool = False, case: bool = False
 ) -> tuple[dict[str, list[float]], str]:
     """Returns the measurements and the acceleration the appliances ran with."""
     results: dict[str, list[float]] = {k: [] for k in TARGETS}
@@ -129,6 +131,11 @@ def run(
             from tests.bench import journey as journey_bench
 
             for key, values in journey_bench.measure(record).items():
+                results.setdefault(key, []).extend(values)
+        if case:  # the case recorder under 1,000 messages, and their export (tests/bench/case.py)
+            from tests.bench import case as case_bench
+
+            for key, values in case_bench.measure(s, record).items():
                 results.setdefault(key, []).extend(values)
         results["guest_used_mb"].append(used)
         # Issue 21: after a host restart the operator runs `invoke start`; measured from a clean stop.

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from appliance import log, targets, userdata
+from appliance import case, log, targets, userdata
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
 from appliance.images import Image
@@ -47,13 +47,22 @@ def target_for(s: Settings, record: Record) -> targets.Target:
     return targets.get(dataclasses.replace(s, target=record.target))
 
 
-def destroy(s: Settings, name: str, yes: bool) -> None:
+def destroy(s: Settings, name: str, yes: bool, discard_record: bool = False) -> None:
     record = Store(s.dirs.state).get(name)
     if record is None:
         log.console.print(f"no appliance named {name!r}: nothing to destroy")
         return
+    if not discard_record:
+        held = case.unexported(record)
+        if held > 0:
+            die(
+                f"{name}'s case record holds {held} events no export has taken",
+                hint=f"run `invoke case.export --name {name}` first, or pass --discard-record to destroy them",
+                status=ExitStatus.USAGE,
+            )
     if not yes and sys.stdin.isatty():
-        answer = input(f"destroy {name} and shred its secrets? [y/N] ")
+        what = "shred its secrets and its case record" if discard_record else "shred its secrets"
+        answer = input(f"destroy {name} and {what}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             die("not destroyed", hint="pass --yes to skip the question", status=ExitStatus.USAGE)
     target_for(s, record).destroy(record)

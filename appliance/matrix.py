@@ -31,7 +31,8 @@ from appliance.state import Record, write_private
 from appliance.wait import wait_until
 
 SERVICE_ACCOUNT = "outband-admin"
-RESERVED = (SERVICE_ACCOUNT, "outband-recorder")
+RECORDER_ACCOUNT = "outband-recorder"  # the case recorder (images/files/usr/local/lib/outband/recorder.py)
+RESERVED = (SERVICE_ACCOUNT, RECORDER_ACCOUNT)
 # The tool's own rule for new accounts (narrower than Matrix's): a lowercase letter first, then
 # lowercase letters, digits, '.', '_' or '-'; at most 32 characters.
 LOCALPART = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 
 from appliance import audit as audit_mod
@@ -135,12 +136,48 @@ def control_room(s: Settings, appliance: str, members: list[str], lead: str | No
                 hint="add one with `invoke user.add NAME --admin`, or name it with --lead",
                 status=ExitStatus.USAGE,
             )
-        room_id, invited, created = matrix.ensure_control_room(api, owner, user_ids, admins)
+        # The case recorder is a member like any other, shown to all: the team knows #control is recorded.
+        recorder = _await_recorder(api)
+        room_id, invited, created = matrix.ensure_control_room(api, owner, [*user_ids, recorder], admins)
+        recording = _await_join(api, room_id, recorder)
         members_now = api.room_members(room_id)
     alias = f"#{matrix.CONTROL_ALIAS}:{record.data['domain']}"
     verb = f"created by {owner}" if created else "exists"
     log.out.print(f"{alias} ({room_id}) {verb}; invited: {', '.join(invited) if invited else 'nobody new'}")
+    if not recording:
+        die(
+            f"the case recorder has not joined {alias} within {RECORDER_WAIT_SECONDS} s: nothing there is recorded",
+            hint="on the appliance: `journalctl -u outband-recorder`; re-run this command once it runs",
+        )
+    log.out.print(f"recorded: {recorder} is a member (`invoke case.export` takes the record)")
     _members_table(members_now).show()
+
+
+RECORDER_WAIT_SECONDS = 120
+
+
+def _await_recorder(api: matrix.Admin) -> str:
+    """The recorder's account, which it registers at its first start, just after the launch."""
+    recorder = api.user_id(matrix.RECORDER_ACCOUNT)
+    deadline = time.monotonic() + RECORDER_WAIT_SECONDS
+    while not any(u["name"] == recorder for u in api.users(include_deactivated=False)):
+        if time.monotonic() > deadline:
+            die(
+                f"the case recorder's account {recorder} does not exist after {RECORDER_WAIT_SECONDS} s",
+                hint="on the appliance: `journalctl -u outband-recorder`",
+            )
+        time.sleep(2)
+    return recorder
+
+
+def _await_join(api: matrix.Admin, room_id: str, user_id: str) -> bool:
+    """Until the recorder has joined (it joins on its next sync): what is said from then on is recorded."""
+    deadline = time.monotonic() + RECORDER_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if any(r["user"] == user_id and r["membership"] == "join" for r in api.room_members(room_id)):
+            return True
+        time.sleep(1)
+    return False
 
 
 def _members_table(rows: list[dict]) -> Table:

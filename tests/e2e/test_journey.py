@@ -158,8 +158,11 @@ def test_every_message_is_decrypted_in_every_direction(day, fox, lead, owl_first
     assert fox.errors == [] and lead.errors == []
 
 
+BROWSER_FILE = b"incident timeline\n" + bytes(range(256)) * 40
+
+
 def test_a_file_from_the_browser_arrives_byte_identical(day, fox, owl_first, loop, tmp_path):
-    payload = b"incident timeline\n" + bytes(range(256)) * 40
+    payload = BROWSER_FILE
     path = tmp_path / "timeline.bin"
     path.write_bytes(payload)
 
@@ -297,3 +300,228 @@ def test_turn_allocation_works_and_internal_relays_are_refused(day):
     for peer in ("127.0.0.1", "10.0.0.1", "169.254.169.254"):
         line = next(x for x in result.stdout.splitlines() if x.startswith(f"{peer}\t"))
         assert "refused (403" in line, line
+
+
+# The case record (issue 16): the recorder on the appliance has been a member of #control since
+# control-room made it; everything above was said in front of it.
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG (solid red), so the exported page's <img> must actually decode."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+async def send_encrypted_file(
+    device: clients.Device, room: str, data: bytes, name: str, msgtype: str, mime: str
+) -> str:
+    import io
+
+    uploaded, keys = await device.client.upload(
+        io.BytesIO(data), content_type="application/octet-stream", filename=name, encrypt=True, filesize=len(data)
+    )
+    content = {
+        "msgtype": msgtype,
+        "body": name,
+        "info": {"mimetype": mime, "size": len(data)},
+        "file": {"url": uploaded.content_uri, **keys},
+    }
+    sent = await device.client.room_send(room, "m.room.message", content, ignore_unverified_devices=True)
+    return sent.event_id
+
+
+def record_lines(folder) -> list[dict]:
+    path = folder / "events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def export_until(folder, wanted: set[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """`invoke case.export` (incremental) until the record holds every wanted event id."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = invoke("case.export", "--name", APPLIANCE, "--out", str(folder))
+        have = {x["event_id"] for x in record_lines(folder)}
+        if wanted <= have or time.monotonic() > deadline:
+            assert wanted <= have, f"not recorded: {wanted - have}"
+            return result
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
+    """Two nio clients (owl's laptop and the lead's phone) add what the browsers did not: an edit, a
+    reaction, a redaction, an encrypted image and file; the recorder is restarted in between."""
+    room = day["room_id"]
+    lead_nio = clients.Device(day["facts"], "lead", tmp_path_factory.mktemp("lead-nio"))
+    image, document = png(40, 30), b"%PDF-1.4 incident report\n" + bytes(range(256)) * 8
+    ids: dict[str, str] = {}
+
+    async def send(device: clients.Device, event_type: str, content: dict) -> str:
+        sent = await device.client.room_send(room, event_type, content, ignore_unverified_devices=True)
+        return sent.event_id
+
+    async def scenario() -> None:
+        await lead_nio.login(day["passwords"]["lead"], "lead phone (nio)")
+        await clients.until(lambda: room in lead_nio.client.rooms, [lead_nio, owl_first])
+        ids["text"] = await send(
+            owl_first, "m.room.message", {"msgtype": "m.text", "body": "owl: host 10.1.2.3 is patient zero"}
+        )
+        ids["edit"] = await send(
+            owl_first,
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": "* owl: host 10.1.2.4 is patient zero",
+                "m.new_content": {"msgtype": "m.text", "body": "owl: host 10.1.2.4 is patient zero"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": ids["text"]},
+            },
+        )
+        ids["reaction"] = await send(
+            lead_nio, "m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": ids["text"], "key": "👍"}}
+        )
+        ids["doomed"] = await send(
+            lead_nio, "m.room.message", {"msgtype": "m.text", "body": "lead: the VPN password is hunter2"}
+        )
+        ids["redaction"] = (await lead_nio.client.room_redact(room, ids["doomed"], reason="secret")).event_id
+        ids["image"] = await send_encrypted_file(owl_first, room, image, "evidence.png", "m.image", "image/png")
+        ids["file"] = await send_encrypted_file(lead_nio, room, document, "report.pdf", "m.file", "application/pdf")
+        ids["before restart"] = await send(
+            owl_first, "m.room.message", {"msgtype": "m.text", "body": "owl: before the restart"}
+        )
+
+    def restart_recorder() -> None:
+        restarted = subprocess.run(
+            [
+                "ssh",
+                "-F",
+                str(journey_appliance.path("ssh_config")),
+                f"outband-{APPLIANCE}",
+                "sudo systemctl restart outband-recorder.service",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert restarted.returncode == 0, restarted.stderr
+
+    async def after_restart() -> None:
+        ids["after restart"] = await send(
+            lead_nio, "m.room.message", {"msgtype": "m.text", "body": "lead: after the restart"}
+        )
+
+    try:
+        loop.run(scenario())
+        restart_recorder()  # mid-conversation: the next message is sent while it starts again
+        loop.run(after_restart())
+    finally:
+        loop.run(lead_nio.close())
+    folder = tmp_path_factory.mktemp("case") / "export"
+    exported = export_until(folder, set(ids.values()))
+    return {"ids": ids, "image": image, "document": document, "folder": folder, "exported": exported}
+
+
+def test_the_case_record_holds_every_event_decrypted(case_day, day):
+    ids, folder = case_day["ids"], case_day["folder"]
+    lines = record_lines(folder)
+    by_id = {x["event_id"]: x for x in lines if not x.get("late")}
+    # Nothing twice, the restart included (it resumed from its saved sync token).
+    plain = [x["event_id"] for x in lines if not x.get("late")]
+    assert len(plain) == len(set(plain))
+    text = by_id[ids["text"]]
+    assert text["encrypted"] and text["content"]["body"] == "owl: host 10.1.2.3 is patient zero"
+    assert text["raw"]["type"] == "m.room.encrypted" and "ciphertext" in text["raw"]["content"]
+    assert text["sender"] == f"@owl:{day['facts']['domain']}" and text["device"]
+    assert by_id[ids["edit"]]["content"]["m.relates_to"] == {"rel_type": "m.replace", "event_id": ids["text"]}
+    assert by_id[ids["reaction"]]["type"] == "m.reaction"
+    # Redacted on the server, kept in the record, with the redaction after it.
+    assert by_id[ids["doomed"]]["content"]["body"] == "lead: the VPN password is hunter2"
+    assert by_id[ids["redaction"]]["type"] == "m.room.redaction"
+    for key in ("before restart", "after restart"):
+        assert by_id[ids[key]]["content"]["body"]
+    # What the browsers said earlier in the day, decrypted too (Hydrogen shared its keys with the recorder).
+    bodies = {x["content"].get("body") for x in lines if x.get("content")}
+    assert {"fox: containment started", "lead: rotate the VPN keys", "owl: ack, watching the logs"} <= bodies
+    # Nothing the recorder could not read.
+    unread = [x for x in lines if x.get("undecryptable")]
+    late = {x["event_id"] for x in lines if x.get("late")}
+    assert all(x["event_id"] in late for x in unread), unread
+    # Membership and power are in the record.
+    kinds = {x["type"] for x in lines}
+    assert {"m.room.member", "m.room.power_levels", "m.room.encryption", "m.room.create"} <= kinds
+
+
+def test_the_case_records_media_are_byte_identical(case_day):
+    ids, folder = case_day["ids"], case_day["folder"]
+    by_id = {x["event_id"]: x for x in record_lines(folder) if not x.get("late")}
+    for key, sent in (("image", case_day["image"]), ("file", case_day["document"])):
+        media = by_id[ids[key]]["media"]
+        assert (folder / "media" / media["sha256"]).read_bytes() == sent
+    # The file fox sent from the browser, earlier.
+    browser_files = [x for x in record_lines(folder) if (x.get("content") or {}).get("body") == "timeline.bin"]
+    assert browser_files and (folder / "media" / browser_files[0]["media"]["sha256"]).read_bytes() == BROWSER_FILE
+
+
+def test_the_exported_case_renders_in_a_browser(case_day, browsers, loop):
+    folder = case_day["folder"]
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in folder.rglob("*") if f.is_file())
+
+    async def look() -> tuple[str, int]:
+        page = await browsers.browser.new_page()
+        try:
+            await page.goto(f"file://{folder / 'index.html'}")
+            await page.get_by_role("link", name="control").click()
+            await page.get_by_text("evidence.png").first.wait_for()
+            width = await page.eval_on_selector("img.media", "img => img.naturalWidth")
+            (REPORTS / "case").mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(REPORTS / "case" / "control.png"), full_page=True)
+            return await page.inner_text("body"), width
+        finally:
+            await page.close()
+
+    text, width = loop.run(look())
+    assert width == 40  # the decrypted image, decoded
+    assert "owl: host 10.1.2.3 is patient zero" in text and "edited" in text and "host 10.1.2.4" in text
+    assert "lead: the VPN password is hunter2" in text and "redacted by @lead:" in text
+    assert "reactions: 👍" in text and "report.pdf" in text
+
+
+def test_case_verify_passes_the_export_and_names_tampering(case_day, tmp_path):
+    import shutil
+
+    ok = invoke("case.verify", str(case_day["folder"]))
+    assert "chain intact" in ok.stderr + ok.stdout
+    copy = tmp_path / "tampered"
+    shutil.copytree(case_day["folder"], copy)
+    lines = (copy / "events.jsonl").read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b'"seq":5', b'"seq":5 ')
+    (copy / "events.jsonl").write_bytes(b"".join(lines))
+    bad = invoke("case.verify", str(copy), check=False)
+    assert bad.returncode == 4 and "line 5 was changed" in bad.stdout
+
+
+def test_destroy_refuses_an_unexported_record(case_day, day, owl_first, loop, journey_appliance):
+    from appliance import case
+
+    exported = len(record_lines(case_day["folder"]))
+    loop.run(owl_first.send(day["room_id"], "owl: said after the export"))
+    deadline = time.monotonic() + 120
+    while (case.remote_manifest(journey_appliance) or {"manifest": {"events": 0}})["manifest"]["events"] <= exported:
+        assert time.monotonic() < deadline, "the recorder did not record the message"
+        time.sleep(2)
+    refused = invoke("destroy", "--name", APPLIANCE, "--yes", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "not yet" in refused.stderr or "no export has taken" in refused.stderr
+    assert "invoke case.export --name e2e-a" in refused.stderr and "--discard-record" in refused.stderr
+    assert APPLIANCE in invoke("ls").stdout  # still there
+    # A second export takes just what is new.
+    again = invoke("case.export", "--name", APPLIANCE, "--out", str(case_day["folder"]))
+    assert re.search(r"exported [1-9]\d* new events", again.stdout + again.stderr)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -93,8 +94,52 @@ def test_bad_requests_to_stop_and_start_are_refused(second_appliance):
     assert running.returncode == 2 and "running already" in running.stderr and "hint:" in running.stderr
 
 
+@pytest.fixture(scope="module")
+def recorded(second_appliance, conversation, tmp_path_factory):
+    """An encrypted room with the case recorder in it, and a message it has recorded (exported once)."""
+    device = conversation["device"]
+    recorder = f"@outband-recorder:{facts(second_appliance)['domain']}"
+    folder = tmp_path_factory.mktemp("case") / "export"
+
+    async def write() -> str:
+        device.client.client_session = None
+        await device.open()
+        try:
+            room = await device.client.room_create(
+                name="recorded",
+                invite=[recorder],
+                initial_state=[
+                    {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+                ],
+            )
+            await clients.until(
+                lambda: room.room_id in device.client.rooms and recorder in device.client.rooms[room.room_id].users,
+                [device],
+                timeout=180,
+            )
+            await device.send(room.room_id, "before the power cut")
+            return room.room_id
+        finally:
+            await device.client.client_session.close()
+
+    room_id = asyncio.run(write())
+    wait_for_record(folder, "before the power cut")
+    return {"room_id": room_id, "folder": folder}
+
+
+def wait_for_record(folder: Path, body: str, timeout: float = 180) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        invoke("case.export", "--name", APPLIANCE, "--out", str(folder))
+        lines = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+        if any((x.get("content") or {}).get("body") == body for x in lines):
+            return lines
+        assert time.monotonic() < deadline, f"{body!r} was not recorded"
+        time.sleep(3)
+
+
 def test_after_a_host_restart_start_brings_back_the_conversation_and_certificate(
-    second_appliance, conversation, settings
+    second_appliance, conversation, recorded, settings
 ):
     cert = certificate(second_appliance)
     # The host goes down hard: the VM and the local ACME CA and its DNS die without a word.
@@ -112,3 +157,28 @@ def test_after_a_host_restart_start_brings_back_the_conversation_and_certificate
     assert certificate(second_appliance) == cert  # the same certificate, from its own disk
     verified = invoke("verify", "--name", APPLIANCE, check=False)
     assert verified.returncode == 0, verified.stdout[-3000:]
+
+
+def test_the_case_record_survives_the_power_cut_without_losing_or_repeating_anything(
+    second_appliance, conversation, recorded
+):
+    """Runs after the hard kill above: the recorder came back by itself with its keys and its place."""
+    device = conversation["device"]
+
+    async def write() -> None:
+        device.client.client_session = None
+        await device.open()
+        try:
+            await device.send(recorded["room_id"], "after the power cut")
+        finally:
+            await device.client.client_session.close()
+
+    asyncio.run(write())
+    lines = wait_for_record(recorded["folder"], "after the power cut")
+    bodies = [(x.get("content") or {}).get("body") for x in lines if x["room"] == recorded["room_id"]]
+    assert bodies.count("before the power cut") == 1 and bodies.count("after the power cut") == 1
+    assert not [x for x in lines if x.get("undecryptable")]
+    ids = [x["event_id"] for x in lines if not x.get("late")]
+    assert len(ids) == len(set(ids))
+    checked = invoke("case.verify", str(recorded["folder"]))
+    assert "chain intact" in checked.stdout + checked.stderr
