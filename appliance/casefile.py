@@ -22,6 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 GENESIS = "0" * 64
+ACCESS_TYPE = "outband.access"  # the recorder's lines from Synapse's log (no room)
+ACCESS_PAGE = "access"
 TEMPLATES = Path(__file__).parent / "templates" / "case"
 
 
@@ -160,6 +162,12 @@ def _body(line: dict[str, Any]) -> str:
         return f"{line.get('state_key')} → {content.get('membership')}"
     if kind == "m.room.power_levels":
         return "power: " + ", ".join(f"{u} {p}" for u, p in sorted((content.get("users") or {}).items()))
+    if kind == ACCESS_TYPE:
+        parts = [content.get("event", ""), content.get("account", "")]
+        parts += [f"device {content['device']}" if content.get("device") else ""]
+        parts += [f"from {content['address']}" if content.get("address") else ""]
+        parts += [content.get("client", ""), content.get("detail", "")]
+        return " · ".join(p for p in parts if p)
     if kind in ("m.room.name", "m.room.topic"):
         return str(content.get("name") or content.get("topic") or "")
     return json.dumps(content, sort_keys=True)[:300]
@@ -169,7 +177,10 @@ def rooms(lines: list[dict[str, Any]]) -> dict[str, list[Shown]]:
     by_room: dict[str, list[Shown]] = {}
     index: dict[str, Shown] = {}
     for line in lines:
-        room = line["room"]
+        room = line.get("room") or ACCESS_PAGE
+        if line.get("type") == ACCESS_TYPE:
+            by_room.setdefault(room, []).append(Shown(line, _body(line), kind="access"))
+            continue
         if line.get("late"):  # the decryption of an earlier undecryptable line
             earlier = index.get(line["event_id"])
             if earlier is not None:
@@ -225,6 +236,8 @@ def when(ms: int | None) -> str:
 
 
 def room_name(events: list[Shown], room_id: str) -> str:
+    if room_id == ACCESS_PAGE:
+        return "Access: sign-ins, failed sign-ins, new devices, resets, deactivations (Synapse's log)"
     names = [
         e.line["content"].get("name") for e in events if e.line.get("type") == "m.room.name" and e.line.get("content")
     ]

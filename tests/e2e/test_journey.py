@@ -456,6 +456,11 @@ def test_the_case_record_holds_every_event_decrypted(case_day, day):
     # Membership and power are in the record.
     kinds = {x["type"] for x in lines}
     assert {"m.room.member", "m.room.power_levels", "m.room.encryption", "m.room.create"} <= kinds
+    # So is the day's access audit, from Synapse's log: sign-ins, failures, deactivations.
+    domain = day["facts"]["domain"]
+    access = {(x["content"]["event"], x["content"]["account"]) for x in lines if x["type"] == "outband.access"}
+    assert ("sign-in, new device", f"@fox:{domain}") in access
+    assert ("sign-in failed", f"@wren:{domain}") in access and ("deactivated", f"@mole:{domain}") in access
 
 
 def test_the_case_records_media_are_byte_identical(case_day):

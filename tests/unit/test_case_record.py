@@ -111,6 +111,24 @@ def case(tmp_path, key):
         }
     )
     folder.add({**message("$7", "late but readable"), "late": True})
+    folder.add(
+        {
+            "room": None,
+            "type": "outband.access",
+            "sender": "@fox:case.test",
+            "device": "FOXDEVICE",
+            "time": 3,
+            "content": {
+                "event": "sign-in, new device",
+                "account": "@fox:case.test",
+                "device": "FOXDEVICE",
+                "address": "10.0.2.2",
+                "client": "Chrome",
+                "detail": "",
+            },
+            "cursor": "s=abc;i=1",
+        }
+    )
     folder.commit()
     return folder.root
 
@@ -118,7 +136,7 @@ def case(tmp_path, key):
 def test_the_recorders_record_verifies(case, key):
     assert casefile.check(case, public_of(key)) == []
     lines = casefile.read_lines(case)
-    assert [json.loads(x)["seq"] for x in lines] == list(range(1, 10))
+    assert [json.loads(x)["seq"] for x in lines] == list(range(1, 11))
 
 
 def problems(case, key) -> str:
@@ -137,7 +155,7 @@ def test_a_deleted_line_is_named(case, key):
     del data[3]
     (case / "events.jsonl").write_bytes(b"".join(data))
     found = problems(case, key)
-    assert "line 4: says it is event 5, not 4" in found and "line 9: is missing" in found
+    assert "line 4: says it is event 5, not 4" in found and "line 10: is missing" in found
 
 
 def test_swapped_lines_are_named(case, key):
@@ -163,6 +181,11 @@ def test_a_manifest_re_signed_with_another_key_fails(case, key):
     assert casefile.check(case, public_of(other)) == []
 
 
+def test_a_restarted_recorder_follows_the_journal_from_its_last_access_event(case, key):
+    again = recorder_module().CaseFolder(case, seed_of(key), "case.test")
+    assert again.access_cursor == "s=abc;i=1" and "FOXDEVICE" in again.devices_seen
+
+
 def test_a_cut_last_line_is_dropped_when_the_recorder_restarts(tmp_path, key):
     rec = recorder_module()
     folder = rec.CaseFolder(tmp_path / "c", seed_of(key), "case.test")
@@ -182,8 +205,10 @@ def test_the_rendered_case_shows_edits_reactions_redactions_media_and_late_decry
     about = {"case": "case.test", "appliance": "a", "exported": "now", "key_fingerprint": "SHA256:x"}
     index = casefile.render(case, about)
     assert "control" in index.read_text() and oct(index.stat().st_mode & 0o777) == "0o600"
-    (page,) = case.glob("room-*.html")
-    html = page.read_text()
+    pages = {p.read_text().split("<h1>")[1].split("</h1>")[0]: p.read_text() for p in case.glob("room-*.html")}
+    html = pages["control"]
+    access = next(text for name, text in pages.items() if name.startswith("Access"))
+    assert "sign-in, new device · @fox:case.test · device FOXDEVICE · from 10.0.2.2 · Chrome" in access
     assert "containment started" in html and "redacted by @fox:case.test" in html  # kept, marked
     assert "edited</span> → right host" in html
     assert "reactions: 👍 @fox:case.test" in html
@@ -202,7 +227,7 @@ def test_case_verify_exits_4_naming_the_line_and_0_when_untouched(case, key, tmp
     (case / "export.json").write_text(json.dumps({"case_public_key": public_of(key)}))
     ok = subprocess.run(["invoke", "case.verify", str(case)], cwd=REPO, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "9 events, chain intact" in ok.stderr + ok.stdout
+    assert "10 events, chain intact" in ok.stderr + ok.stdout
     data = (case / "events.jsonl").read_bytes().splitlines(keepends=True)
     data[4], data[5] = data[5], data[4]
     (case / "events.jsonl").write_bytes(b"".join(data))
@@ -213,3 +238,19 @@ def test_case_verify_exits_4_naming_the_line_and_0_when_untouched(case, key, tmp
         ["invoke", "case.verify", str(tmp_path / "nothing")], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert missing.returncode == 2 and "not an exported case" in missing.stderr
+
+
+def test_the_recorder_records_the_access_events_invoke_audit_shows(tmp_path, key, monkeypatch):
+    from appliance import audit
+
+    journal = REPO / "tests/unit/fixtures/audit/journal.jsonl"
+    domain = "dev.outband.test"  # the fixture's (tests/unit/test_audit.py)
+    monkeypatch.syspath_prepend(str(RECORDER.parent))  # access_audit.py, beside the recorder
+    rec = recorder_module()
+    folder = rec.CaseFolder(tmp_path / "c", seed_of(key), domain)
+    follower = rec.AccessFollower(folder, domain)
+    for line in journal.read_text().splitlines():
+        follower.record(line.encode())
+    recorded = [json.loads(x)["content"] for x in casefile.read_lines(folder.root)]
+    assert recorded and recorded == [e.as_dict() for e in audit.events(journal.read_text().splitlines(), domain)]
+    assert casefile.check(folder.root, public_of(key)) == []

@@ -12,6 +12,10 @@ is in into the case folder, decrypted, as it arrives.
   a later line carries the decryption when the keys arrive.
 - The sync token is saved only after the batch's lines are on disk: a restart (or a power cut)
   re-reads from the last saved token, and events already in the record are not written twice.
+- Access events (sign-ins and failed ones, new devices, resets, deactivations) from Synapse's
+  journal, read the way `invoke audit` reads it (access_audit.py, beside this file), are lines of
+  the record too (`"type": "outband.access"`, no room); each holds its journal cursor, from which
+  the next start follows on.
 
 matrix-nio (with vodozemac) from the image's hash-pinned lock, in /opt/recorder.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import json
 import logging
@@ -35,6 +40,7 @@ KEYS = Path(os.environ.get("OUTBAND_RECORDER_KEYS", "/etc/outband/recorder"))
 HOMESERVER = "http://127.0.0.1:8008"  # Synapse's own listener: no TLS, no DNS, nothing leaves the machine
 GENESIS = "0" * 64  # the "previous line" of the first line
 MEDIA_TYPES = ("m.image", "m.file", "m.audio", "m.video")
+ACCESS_TYPE = "outband.access"
 
 log = logging.getLogger("outband-recorder")
 
@@ -69,6 +75,8 @@ class CaseFolder:
         (root / "media").mkdir(parents=True, exist_ok=True)
         self.events = root / "events.jsonl"
         self.count, self.head, self.ids = 0, GENESIS, set()
+        self.access_cursor: str | None = None  # the journal position of the last access event recorded
+        self.devices_seen: set[str] = set()
         self.media: dict[str, int] = {}
         if self.events.exists():
             self._reload()
@@ -88,6 +96,10 @@ class CaseFolder:
             self.count, self.head = line["seq"], line_hash(raw)
             if line.get("event_id") and not line.get("late"):
                 self.ids.add((line["room"], line["event_id"]))
+            if line.get("type") == ACCESS_TYPE:
+                self.access_cursor = line.get("cursor")
+                if (line.get("content") or {}).get("device"):
+                    self.devices_seen.add(line["content"]["device"])
 
     def has(self, room: str, event_id: str) -> bool:
         return (room, event_id) in self.ids
@@ -303,6 +315,56 @@ class Recorder:
         self.undecrypted = still
 
 
+class AccessFollower:
+    """Synapse's journal, followed (journalctl -f, one process for the recorder's life: no polling),
+    each access event a line of the record. The recorder reads the journal as a member of
+    systemd-journal (its unit), nothing more."""
+
+    def __init__(self, case: CaseFolder, domain: str):
+        import access_audit  # beside this file: the same reading as `invoke audit`
+
+        self.case = case
+        self.reader = access_audit.Reader(domain, case.devices_seen)
+
+    def argv(self) -> list[str]:
+        since = ["--after-cursor", self.case.access_cursor] if self.case.access_cursor else ["-n", "all"]
+        return ["journalctl", "-u", "synapse.service", "-o", "json", "--no-pager", "-f", *since]
+
+    def record(self, raw: bytes) -> None:
+        text = raw.decode(errors="replace")
+        try:
+            cursor = json.loads(text).get("__CURSOR")
+        except ValueError:
+            return
+        for event in self.reader.feed([text]):
+            entry = event.as_dict()
+            when = datetime.datetime.fromisoformat(entry["time"]).timestamp()  # UTC, from the journal
+            self.case.add(
+                {
+                    "room": None,
+                    "type": ACCESS_TYPE,
+                    "sender": entry["account"],
+                    "device": entry["device"] or None,
+                    "time": int(when * 1000),
+                    "recorded": int(time.time() * 1000),
+                    "content": entry,
+                    "cursor": cursor,
+                }
+            )
+            self.case.commit()
+
+    async def run(self) -> None:
+        while True:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=1 << 22
+            )
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                self.record(raw)
+            log.warning("journalctl ended (%s): following again in 5 s", await proc.wait())
+            await asyncio.sleep(5)
+
+
 async def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("nio").setLevel(logging.WARNING)
@@ -313,10 +375,14 @@ async def main() -> int:
     recorder = Recorder(case, client)
     await recorder.start()
     log.info("recording as %s (device %s), %d events so far", session["user_id"], session["device_id"], case.count)
+    follower = asyncio.create_task(AccessFollower(case, session["user_id"].split(":", 1)[1]).run())
     try:
         while True:
             await recorder.once()
+            if follower.done():  # its failure is the recorder's: systemd restarts both
+                follower.result()
     finally:
+        follower.cancel()
         await client.close()
 
 
