@@ -68,7 +68,13 @@ def test_a_tls_scanner_finds_only_ecdhe_aead_suites_and_no_old_protocol(journey_
 # Every long-running service we ship, sandboxed to systemd-analyze's exposure 5.0 or lower (issue
 # 19). sshd and unattended-upgrades must stay able to log an operator in and to upgrade the
 # system: their figures are recorded, and SECURITY.md states them.
-OURS = ("synapse.service", "postgresql@17-main.service", "nginx.service", "coturn.service")
+OURS = (
+    "synapse.service",
+    "postgresql@17-main.service",
+    "nginx.service",
+    "coturn.service",
+    "outband-recorder.service",
+)
 RECORDED = ("ssh.service", "unattended-upgrades.service", "systemd-networkd.service", "systemd-resolved.service")
 
 
