@@ -347,7 +347,7 @@ def export_until(folder, wanted: set[str], timeout: float = 180) -> subprocess.C
     deadline = time.monotonic() + timeout
     while True:
         result = invoke("case.export", "--name", APPLIANCE, "--out", str(folder))
-        have = {x["event_id"] for x in record_lines(folder)}
+        have = {x.get("event_id") for x in record_lines(folder)}
         if wanted <= have or time.monotonic() > deadline:
             assert wanted <= have, f"not recorded: {wanted - have}"
             return result
@@ -431,9 +431,9 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
 def test_the_case_record_holds_every_event_decrypted(case_day, day):
     ids, folder = case_day["ids"], case_day["folder"]
     lines = record_lines(folder)
-    by_id = {x["event_id"]: x for x in lines if not x.get("late")}
+    by_id = {x["event_id"]: x for x in lines if x.get("event_id") and not x.get("late")}
     # Nothing twice, the restart included (it resumed from its saved sync token).
-    plain = [x["event_id"] for x in lines if not x.get("late")]
+    plain = [x["event_id"] for x in lines if x.get("event_id") and not x.get("late")]
     assert len(plain) == len(set(plain))
     text = by_id[ids["text"]]
     assert text["encrypted"] and text["content"]["body"] == "owl: host 10.1.2.3 is patient zero"
@@ -465,7 +465,7 @@ def test_the_case_record_holds_every_event_decrypted(case_day, day):
 
 def test_the_case_records_media_are_byte_identical(case_day):
     ids, folder = case_day["ids"], case_day["folder"]
-    by_id = {x["event_id"]: x for x in record_lines(folder) if not x.get("late")}
+    by_id = {x["event_id"]: x for x in record_lines(folder) if x.get("event_id") and not x.get("late")}
     for key, sent in (("image", case_day["image"]), ("file", case_day["document"])):
         media = by_id[ids[key]]["media"]
         assert (folder / "media" / media["sha256"]).read_bytes() == sent
