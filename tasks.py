@@ -252,11 +252,19 @@ def room_members(c: Context, room: str = "control", json: bool = False, name: st
         teamops.room_members(s, name or s.name, room, json)
 
 
-@task(help={"follow": "keep watching and print new events as they happen", "json": JSON_HELP, "name": APPLIANCE_HELP})
-def audit(c: Context, follow: bool = False, json: bool = False, name: str | None = None) -> None:
-    """Sign-ins (and failed ones), new devices, password resets and deactivations, from the appliance's log."""
+@task(
+    help={
+        "follow": "keep watching and print new events as they happen",
+        "system": "also what auditd recorded: secret reads, config changes, sudo, SSH sign-ins",
+        "json": JSON_HELP,
+        "name": APPLIANCE_HELP,
+    }
+)
+def audit(c: Context, follow: bool = False, system: bool = False, json: bool = False, name: str | None = None) -> None:
+    """Sign-ins (and failed ones), new devices, password resets and deactivations, from the appliance's log;
+    with --system also auditd's: reads of the secrets, config changes, sudo, SSH sign-ins."""
     with command("audit", c, log_file=not follow) as s:
-        teamops.audit(s, name or s.name, follow, json)
+        teamops.audit(s, name or s.name, follow, json, system)
 
 
 @task(name="turn-check", help={"name": APPLIANCE_HELP})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -222,16 +223,31 @@ def _journal(record: Record, follow: bool) -> Iterator[str]:
         proc.terminate()
 
 
-def audit(s: Settings, appliance: str, follow: bool, as_json: bool) -> None:
+def _system_events(record: Record) -> list[audit_mod.Event]:
+    """auditd's events on the appliance (appliance/sysaudit.py), over the pinned SSH channel."""
+    from appliance import sysaudit
+
+    result = ssh.command(record, f"sudo sh -c {shlex.quote(sysaudit.REMOTE)}", timeout=300)
+    if result.returncode != 0:
+        die(f"reading the appliance's audit log failed: {result.stderr.strip()[-300:]}")
+    return sysaudit.events(result.stdout)
+
+
+def audit(s: Settings, appliance: str, follow: bool, as_json: bool, system: bool = False) -> None:
     record = _record(s, appliance)
     domain = record.data["domain"]
+    if system and follow:
+        die("--system lists what auditd recorded; it does not follow", hint="drop --follow", status=ExitStatus.USAGE)
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
         names = {d["device_id"]: d.get("display_name") or "" for u in api.users() for d in api.devices(u["name"])}
         found = audit_mod.events(_journal(record, follow), domain)
         if not follow:
             table = Table(*AUDIT_COLUMNS)
-            for event in audit_mod.name_devices(list(found), names):
+            listed = audit_mod.name_devices(list(found), names)
+            if system:  # with the Matrix events, in time order
+                listed = sorted(listed + _system_events(record), key=lambda e: e.time)
+            for event in listed:
                 table.add(*event.as_dict().values())
             table.show(as_json)
             return

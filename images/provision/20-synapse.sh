@@ -7,6 +7,9 @@ id synapse >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/
   --shell /usr/sbin/nologin synapse
 install -d -o synapse -g synapse -m 0750 /var/lib/synapse /var/lib/synapse/media
 install -d -o root -g synapse -m 0750 /etc/synapse
+# Empty until first boot writes the launch's secrets; here from the bake on because auditd's rule on
+# reads of it (files/etc/audit/rules.d/outband.rules) needs the directory when the rules load.
+install -d -o root -g synapse -m 0750 /etc/synapse/secrets
 rm -rf /opt/synapse
 python3 -m venv --system-site-packages /opt/synapse
 PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/synapse/bin/pip install --quiet --no-deps --no-compile \

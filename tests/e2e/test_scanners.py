@@ -7,6 +7,7 @@ profile without DHE: TLS 1.2 with ECDHE + AEAD suites only, TLS 1.3 besides, not
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.e2e.conftest import facts
+from tests.e2e.conftest import facts, invoke
 
 pytestmark = pytest.mark.vm
 
@@ -91,3 +92,24 @@ def test_every_service_we_ship_is_sandboxed_to_an_exposure_of_5_or_less(journey_
     assert set(exposure) == set(OURS + RECORDED), out.stdout
     record_property("measured", "systemd-analyze security: " + ", ".join(f"{u} {v}" for u, v in exposure.items()))
     assert {u: v for u, v in exposure.items() if u in OURS and v > 5.0} == {}
+
+
+def test_audit_system_shows_an_operators_secret_read_config_change_and_sudo(journey_appliance):
+    """What auditd records (images/files/etc/audit/rules.d/outband.rules), through `invoke audit --system`."""
+    from appliance import ssh
+
+    done = ssh.command(
+        journey_appliance,
+        "sudo cat /etc/synapse/secrets/macaroon >/dev/null && sudo touch /etc/nginx/conf.d/audit-test.conf"
+        " && sudo rm /etc/nginx/conf.d/audit-test.conf",
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    events = json.loads(invoke("audit", "--system", "--json", "--name", journey_appliance.name).stdout)
+    seen = {(e["event"], e["account"], e["detail"]) for e in events}
+    assert ("secret read", "outband", "/etc/synapse/secrets/macaroon") in seen
+    assert ("config changed", "outband", "/etc/nginx/conf.d/audit-test.conf") in seen
+    assert ("sudo", "outband", "cat /etc/synapse/secrets/macaroon") in seen
+    assert any(e["event"] == "ssh sign-in" and e["account"] == "outband" for e in events)
+    # The services' own reads of their secrets at each start are not in it (rules need a login uid).
+    assert not [e for e in events if e["event"] == "secret read" and e["account"] != "outband"]

@@ -24,6 +24,7 @@ SERVICES = [
     "ssh",
     "outband-firstboot",
     "outband-recorder",
+    "auditd",
 ]
 ONESHOTS = {"outband-firstboot", "nftables"}
 SECRET_FILES = [
@@ -76,6 +77,7 @@ COMMANDS = {
     "packages": "dpkg-query -W -f '${Package} ${Status}\\n' " + " ".join(COMPILERS),
     "user_data": USER_DATA_SCAN,
     "failed": "systemctl --failed --no-legend --plain",
+    "audit_rules": "auditctl -l",
 }
 # Runs on the appliance as root: each command through sh, all at once (the guest has two vCPUs and
 # each command mostly waits on the emulated disk the first time), each file read (None when it
@@ -282,3 +284,9 @@ def test_no_compiler_in_the_image(probe):
 
 def test_nothing_failed(probe):
     assert output(probe, "failed").strip() == ""
+
+
+def test_the_audit_rules_for_secrets_and_configs_are_loaded(probe):
+    rules = output(probe, "audit_rules")
+    assert "dir=/etc/synapse/secrets" in rules and "key=outband-secret-read" in rules
+    assert "path=/etc/ssh/sshd_config" in rules and "key=outband-config" in rules
