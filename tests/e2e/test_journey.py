@@ -306,6 +306,9 @@ def test_turn_allocation_works_and_internal_relays_are_refused(day):
 # control-room made it; everything above was said in front of it.
 
 
+GAP = 14  # messages sent while the recorder is stopped: more than one sync returns
+
+
 def png(width: int, height: int) -> bytes:
     """A real PNG (solid red), so the exported page's <img> must actually decode."""
     import struct
@@ -357,7 +360,8 @@ def export_until(folder, wanted: set[str], timeout: float = 180) -> subprocess.C
 @pytest.fixture(scope="module")
 def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
     """Two nio clients (owl's laptop and the lead's phone) add what the browsers did not: an edit, a
-    reaction, a redaction, an encrypted image and file; the recorder is restarted in between."""
+    reaction, a redaction, an encrypted image and file; then the recorder is stopped while the lead
+    sends GAP messages, and started again."""
     room = day["room_id"]
     lead_nio = clients.Device(day["facts"], "lead", tmp_path_factory.mktemp("lead-nio"))
     image, document = png(40, 30), b"%PDF-1.4 incident report\n" + bytes(range(256)) * 8
@@ -396,21 +400,27 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
             owl_first, "m.room.message", {"msgtype": "m.text", "body": "owl: before the restart"}
         )
 
-    def restart_recorder() -> None:
-        restarted = subprocess.run(
+    def recorder(action: str) -> None:
+        done = subprocess.run(
             [
                 "ssh",
                 "-F",
                 str(journey_appliance.path("ssh_config")),
                 f"outband-{APPLIANCE}",
-                "sudo systemctl restart outband-recorder.service",
+                f"sudo systemctl {action} outband-recorder.service",
             ],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
         )
-        assert restarted.returncode == 0, restarted.stderr
+        assert done.returncode == 0, done.stderr
+
+    async def while_away() -> None:
+        # More than one sync returns (Synapse's default timeline: 10 events): the recorder must
+        # read the gap back.
+        for i in range(GAP):
+            ids[f"gap {i}"] = await send(lead_nio, "m.room.message", {"msgtype": "m.text", "body": f"lead: gap {i}"})
 
     async def after_restart() -> None:
         ids["after restart"] = await send(
@@ -419,7 +429,9 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
 
     try:
         loop.run(scenario())
-        restart_recorder()  # mid-conversation: the next message is sent while it starts again
+        recorder("stop")
+        loop.run(while_away())
+        recorder("start --no-block")  # the next message is sent while it starts again
         loop.run(after_restart())
     finally:
         loop.run(lead_nio.close())
@@ -446,6 +458,9 @@ def test_the_case_record_holds_every_event_decrypted(case_day, day):
     assert by_id[ids["redaction"]]["type"] == "m.room.redaction"
     for key in ("before restart", "after restart"):
         assert by_id[ids[key]]["content"]["body"]
+    # What was said while the recorder was stopped, read back: all of it, in order, once.
+    gap = [x["content"]["body"] for x in lines if x.get("encrypted") and "gap" in x["content"].get("body", "")]
+    assert gap == [f"lead: gap {i}" for i in range(GAP)]
     # What the browsers said earlier in the day, decrypted too (Hydrogen shared its keys with the recorder).
     bodies = {x["content"].get("body") for x in lines if x.get("content")}
     assert {"fox: containment started", "lead: rotate the VPN keys", "owl: ack, watching the logs"} <= bodies

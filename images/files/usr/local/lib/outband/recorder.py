@@ -12,6 +12,8 @@ is in into the case folder, decrypted, as it arrives.
   a later line carries the decryption when the keys arrive.
 - The sync token is saved only after the batch's lines are on disk: a restart (or a power cut)
   re-reads from the last saved token, and events already in the record are not written twice.
+  When more happened meanwhile than a sync returns (a limited timeline), the gap is read back
+  with /messages before the sync's own events, so the record has no holes.
 - Access events (sign-ins and failed ones, new devices, resets, deactivations) from Synapse's
   journal, read the way `invoke audit` reads it (access_audit.py, beside this file), are lines of
   the record too (`"type": "outband.access"`, no room); each holds its journal cursor, from which
@@ -41,6 +43,7 @@ HOMESERVER = "http://127.0.0.1:8008"  # Synapse's own listener: no TLS, no DNS, 
 GENESIS = "0" * 64  # the "previous line" of the first line
 MEDIA_TYPES = ("m.image", "m.file", "m.audio", "m.video")
 ACCESS_TYPE = "outband.access"
+BACKFILL_PAGES = 100  # of 100 events each: the most read back after one absence
 
 log = logging.getLogger("outband-recorder")
 
@@ -211,7 +214,12 @@ class Recorder:
         if self.client.should_query_keys:
             await self.client.keys_query()
         for room_id, room in response.rooms.join.items():
-            for event in [*room.state, *room.timeline.events]:
+            for event in room.state:
+                await self.record(room_id, event, raw.get(getattr(event, "event_id", None) or ""))
+            if room.timeline.limited and room.timeline.prev_batch:
+                for event, event_raw in await self.backfill(room_id, room.timeline.prev_batch):
+                    await self.record(room_id, event, event_raw)
+            for event in room.timeline.events:
                 await self.record(room_id, event, raw.get(getattr(event, "event_id", None) or ""))
         await self.retry_undecrypted()
         self.case.commit()
@@ -221,6 +229,34 @@ class Recorder:
         for room_id in response.rooms.invite:
             log.info("invited to %s: joining", room_id)
             await self.client.join(room_id)
+
+    async def backfill(self, room_id: str, prev_batch: str) -> list[tuple[Any, dict[str, Any] | None]]:
+        """A limited timeline: more happened while the recorder was away (stopped, rebooting) than
+        a sync returns (Synapse's default: the last 10 events). The events in the gap, read back with
+        /messages until one already in the record (or the room's start), oldest first."""
+        from nio import MessageDirection, RoomMessagesResponse
+
+        found: list[tuple[Any, dict[str, Any] | None]] = []
+        token = prev_batch
+        for _ in range(BACKFILL_PAGES):
+            response = await self.client.room_messages(room_id, token, direction=MessageDirection.back, limit=100)
+            if not isinstance(response, RoomMessagesResponse):
+                log.warning("reading back %s failed: %s", room_id, getattr(response, "message", response))
+                break
+            raw = {e["event_id"]: e for e in self.client.last_body.get("chunk", []) if "event_id" in e}
+            reached = False
+            for event in response.chunk:
+                event_id = getattr(event, "event_id", None) or ""
+                if self.case.has(room_id, event_id):
+                    reached = True
+                    break
+                found.append((event, raw.get(event_id)))
+            if reached or not response.chunk or not response.end or response.end == token:
+                break
+            token = response.end
+        if found:
+            log.info("read back %d events of %s that the sync skipped", len(found), room_id)
+        return found[::-1]
 
     async def record(self, room_id: str, event, raw: dict[str, Any] | None) -> None:
         from nio import MegolmEvent
