@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from appliance.errors import ExitStatus, die
 from appliance.state import Record, Store, private_dir, write_private
 
 REMOTE = contract.constants()["paths"]["case_dir"]
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _remote(record: Record, command: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
@@ -92,6 +94,13 @@ def export(s: Settings, name: str, out: Path | None) -> Path:
         events.chmod(0o600)
         added = len(new)
     media_dir = private_dir(out / "media")
+    bad = [d for d in manifest["media"] if not SHA256.fullmatch(d)]
+    if bad:  # names that go into a path here and a command there: never anything but a hash
+        die(
+            f"{name}'s manifest names media that are not SHA-256 hashes: {', '.join(map(repr, bad[:3]))}",
+            hint="the record on the appliance was changed; keep it and investigate",
+            status=ExitStatus.VERIFY_FAILED,
+        )
     missing = [d for d in manifest["media"] if not (media_dir / d).exists()]
     if missing:
         result = _remote(record, f"tar -C {REMOTE} -cf - " + " ".join(f"media/{d}" for d in missing))
