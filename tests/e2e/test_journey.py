@@ -399,6 +399,19 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
         ids["before restart"] = await send(
             owl_first, "m.room.message", {"msgtype": "m.text", "body": "owl: before the restart"}
         )
+        # A message whose key the recorder never gets (the lead's client withholds it: the recorder's
+        # device blacklisted for one message; nio answers key requests from its own user only).
+        recorder_id = f"@{matrix.RECORDER_ACCOUNT}:{day['facts']['domain']}"
+        store = lead_nio.client.device_store
+        await clients.until(lambda: any(True for _ in store.active_user_devices(recorder_id)), [lead_nio])
+        withheld = list(store.active_user_devices(recorder_id))
+        for device in withheld:
+            lead_nio.client.blacklist_device(device)
+        lead_nio.client.invalidate_outbound_session(room)  # nio keeps a session 100 messages: a new one
+        ids["withheld"] = await send(lead_nio, "m.room.message", {"msgtype": "m.text", "body": "lead: withheld"})
+        lead_nio.client.invalidate_outbound_session(room)  # …and the next one shared with the recorder again
+        for device in withheld:
+            lead_nio.client.unblacklist_device(device)
 
     def recorder(action: str) -> None:
         done = subprocess.run(
@@ -465,9 +478,12 @@ def test_the_case_record_holds_every_event_decrypted(case_day, day):
     bodies = {x["content"].get("body") for x in lines if x.get("content")}
     assert {"fox: containment started", "lead: rotate the VPN keys", "owl: ack, watching the logs"} <= bodies
     # Nothing the recorder could not read.
+    # The withheld message: recorded as undecryptable, with its Megolm session, and nothing else is.
     unread = [x for x in lines if x.get("undecryptable")]
     late = {x["event_id"] for x in lines if x.get("late")}
-    assert all(x["event_id"] in late for x in unread), unread
+    assert [x["event_id"] for x in unread if x["event_id"] not in late] == [ids["withheld"]], unread
+    (withheld,) = [x for x in unread if x["event_id"] == ids["withheld"]]
+    assert withheld["session_id"] and withheld["raw"]["content"]["ciphertext"] and withheld["content"] is None
     # Membership and power are in the record.
     kinds = {x["type"] for x in lines}
     assert {"m.room.member", "m.room.power_levels", "m.room.encryption", "m.room.create"} <= kinds
@@ -512,6 +528,7 @@ def test_the_exported_case_renders_in_a_browser(case_day, browsers, loop):
     assert "owl: host 10.1.2.3 is patient zero" in text and "edited" in text and "host 10.1.2.4" in text
     assert "lead: the VPN password is hunter2" in text and "redacted by @lead:" in text
     assert "reactions: 👍" in text and "report.pdf" in text
+    assert "not decryptable: Megolm session" in text  # the withheld message, marked
 
 
 def test_case_verify_passes_the_export_and_names_tampering(case_day, tmp_path):
