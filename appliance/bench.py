@@ -39,7 +39,7 @@ TARGETS = {
     "start_verified_s": ("stop, then start → verified (first boot already done)", None, ""),
     "destroy_s": ("destroy", 5, "≤ 5 s"),
     "case_export_s": ("case.export of 1,000 messages + 20 files (first export, verified, rendered)", None, ""),
-    "idle_rss_mb": ("Idle RSS: Synapse + PostgreSQL + coturn + nginx", 450, "≤ 450 MB"),
+    "idle_rss_mb": ("Idle RSS: Synapse + PostgreSQL + coturn + nginx + the case recorder", 450, "≤ 450 MB"),
     "guest_used_mb": ("Idle guest memory in use (free -m)", None, ""),
 }
 
@@ -78,7 +78,9 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 def idle_memory(record) -> tuple[float, float]:
     out = ssh.command(
-        record, "ps -o rss= -u synapse,postgres,turnserver,www-data; ps -o rss= -C nginx; free -m", timeout=60
+        record,
+        "ps -o rss= -u synapse,postgres,turnserver,www-data,outband-recorder; ps -o rss= -C nginx; free -m",
+        timeout=60,
     ).stdout.splitlines()
     rss = sum(int(x) for x in out if x.strip().isdigit()) / 1024
     used = next(int(line.split()[2]) for line in out if line.startswith("Mem:"))
