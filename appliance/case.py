@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -73,6 +74,13 @@ def export(s: Settings, name: str, out: Path | None) -> Path:
         return out
     manifest = doc["manifest"]
     total = manifest["events"]
+    earlier = json.loads((out / "export.json").read_text()) if (out / "export.json").exists() else {}
+    if earlier and earlier.get("case_public_key") != key:
+        die(
+            f"{out} holds another case's export ({earlier.get('appliance')}, key {earlier.get('key_fingerprint')})",
+            hint="export into an empty directory with --out",
+            status=ExitStatus.USAGE,
+        )
     events = out / "events.jsonl"
     had = _complete(events)
     if had > total:
@@ -89,9 +97,9 @@ def export(s: Settings, name: str, out: Path | None) -> Path:
             die(f"reading {name}'s events failed: {result.stderr.decode(errors='replace').strip()[-300:]}")
         # The record may have grown since the manifest was read: exactly the lines it signed.
         new = result.stdout.splitlines(keepends=True)[: total - had]
-        with open(events, "ab") as f:
+        fd = os.open(events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # 0600 from its first byte
+        with os.fdopen(fd, "ab") as f:
             f.writelines(new)
-        events.chmod(0o600)
         added = len(new)
     media_dir = private_dir(out / "media")
     bad = [d for d in manifest["media"] if not SHA256.fullmatch(d)]
