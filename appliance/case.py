@@ -32,11 +32,17 @@ def _remote(record: Record, command: str, timeout: float = 300) -> subprocess.Co
     )
 
 
+def _case_key(record: Record) -> str | None:
+    """The case record's public key the launcher kept; None for an appliance launched without one."""
+    path = record.path("facts.json")
+    return json.loads(path.read_text()).get("case_public_key") if path.exists() else None
+
+
 def _public_key(record: Record) -> str:
-    facts = json.loads(record.path("facts.json").read_text()) if record.path("facts.json").exists() else {}
-    if "case_public_key" not in facts:
+    key = _case_key(record)
+    if key is None:
         die(f"{record.name} has no case key (launched without one)", hint="only a launched appliance records a case")
-    return facts["case_public_key"]
+    return key
 
 
 def remote_manifest(record: Record) -> dict | None:
@@ -178,9 +184,7 @@ def verify(folder: Path, key: str | None) -> None:
 
 def unexported(record: Record) -> int:
     """How many recorded events the appliance holds that no export has taken."""
-    if not record.path("facts.json").exists() or "case_public_key" not in json.loads(
-        record.path("facts.json").read_text()
-    ):
+    if _case_key(record) is None:
         return 0  # never launched with a recorder (a bare boot, an unfinished launch)
     doc = remote_manifest(record)
     recorded = doc["manifest"]["events"] if doc else 0

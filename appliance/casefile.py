@@ -10,6 +10,7 @@ canonical JSON}. A unit test writes a record with the recorder's own code and ch
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
@@ -228,8 +229,6 @@ def rooms(lines: list[dict[str, Any]]) -> dict[str, list[Shown]]:
 
 
 def when(ms: int | None) -> str:
-    import datetime as dt
-
     if not ms:
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -13,6 +13,7 @@ from pathlib import Path
 from appliance import base, chroot, log
 from appliance.cache import Cache
 from appliance.config import IMAGES, Settings
+from appliance.errors import ExitStatus, die
 from appliance.run import run
 
 PIP_TOOLS = "pip-tools==7.6.2"
@@ -39,8 +40,6 @@ def install_extra_ca(tree: Path, certs: tuple[Path, ...]) -> None:
 def lock(s: Settings, cache: Cache, which: tuple[str, ...] = tuple(LOCKS)) -> list[Path]:
     unknown = sorted(set(which) - set(LOCKS))
     if unknown:
-        from appliance.errors import ExitStatus, die
-
         die(f"no lock named {', '.join(unknown)}", hint=f"choose from {', '.join(LOCKS)}", status=ExitStatus.USAGE)
     tree_src = base.ensure(s, cache, base.archive_state(s))
     written = []
