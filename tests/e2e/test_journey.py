@@ -23,7 +23,7 @@ import threading
 import time
 
 import pytest
-from nio import RoomEncryptedFile, RoomInviteResponse, RoomKickResponse
+from nio import RoomEncryptedFile, RoomInviteResponse, RoomKickResponse, ToDeviceMessage, ToDeviceResponse
 from nio.crypto.attachments import decrypt_attachment
 
 from appliance import matrix
@@ -345,14 +345,20 @@ def record_lines(folder) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def export_until(folder, wanted: set[str], timeout: float = 180) -> subprocess.CompletedProcess:
-    """`invoke case.export` (incremental) until the record holds every wanted event id."""
+def export_until(
+    folder, wanted: set[str], late_line: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """`invoke case.export` (incremental) until the record holds every wanted event id (and, with
+    late_line, a late decryption of that event)."""
     deadline = time.monotonic() + timeout
     while True:
         result = invoke("case.export", "--name", APPLIANCE, "--out", str(folder))
-        have = {x.get("event_id") for x in record_lines(folder)}
-        if wanted <= have or time.monotonic() > deadline:
+        lines = record_lines(folder)
+        have = {x.get("event_id") for x in lines}
+        late = {x.get("event_id") for x in lines if x.get("late")}
+        if (wanted <= have and (late_line is None or late_line in late)) or time.monotonic() > deadline:
             assert wanted <= have, f"not recorded: {wanted - have}"
+            assert late_line is None or late_line in late, f"never decrypted: {late_line}"
             return result
         time.sleep(3)
 
@@ -366,6 +372,8 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
     lead_nio = clients.Device(day["facts"], "lead", tmp_path_factory.mktemp("lead-nio"))
     image, document = png(40, 30), b"%PDF-1.4 incident report\n" + bytes(range(256)) * 8
     ids: dict[str, str] = {}
+    withheld: list = []  # the recorder's devices, left out of one Megolm session
+    late_key: dict = {}  # that session's key, before its first message
 
     async def send(device: clients.Device, event_type: str, content: dict) -> str:
         sent = await device.client.room_send(room, event_type, content, ignore_unverified_devices=True)
@@ -399,19 +407,35 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
         ids["before restart"] = await send(
             owl_first, "m.room.message", {"msgtype": "m.text", "body": "owl: before the restart"}
         )
-        # A message whose key the recorder never gets (the lead's client withholds it: the recorder's
-        # device blacklisted for one message; nio answers key requests from its own user only).
+        # A message whose key reaches the recorder only later: the lead's client leaves the recorder's
+        # device out of one Megolm session (blacklisted for it), keeps the session's key as it was
+        # before its first message, and sends it once the recorder has recorded the message as
+        # undecryptable (late_key, below) — a delayed m.room_key, as a slow or offline sender makes.
         recorder_id = f"@{matrix.RECORDER_ACCOUNT}:{day['facts']['domain']}"
         store = lead_nio.client.device_store
         await clients.until(lambda: any(True for _ in store.active_user_devices(recorder_id)), [lead_nio])
-        withheld = list(store.active_user_devices(recorder_id))
+        withheld[:] = list(store.active_user_devices(recorder_id))
         for device in withheld:
             lead_nio.client.blacklist_device(device)
         lead_nio.client.invalidate_outbound_session(room)  # nio keeps a session 100 messages: a new one
+        await lead_nio.client.share_group_session(room, ignore_unverified_devices=True)
+        session = lead_nio.client.olm.outbound_group_sessions[room]
+        late_key.update(
+            algorithm="m.megolm.v1.aes-sha2", room_id=room, session_id=session.id, session_key=session.session_key
+        )
         ids["withheld"] = await send(lead_nio, "m.room.message", {"msgtype": "m.text", "body": "lead: withheld"})
         lead_nio.client.invalidate_outbound_session(room)  # …and the next one shared with the recorder again
         for device in withheld:
             lead_nio.client.unblacklist_device(device)
+
+    async def send_late_key() -> None:
+        # nio shares room keys only through its own sending path, so the delayed key is built the
+        # way that path builds it: m.room_key, Olm-encrypted to each recorder device.
+        olm = lead_nio.client.olm
+        for device in withheld:
+            encrypted = olm._olm_encrypt(olm.session_store.get(device.curve25519), device, "m.room_key", late_key)
+            message = ToDeviceMessage("m.room.encrypted", device.user_id, device.id, encrypted)
+            assert isinstance(await lead_nio.client.to_device(message), ToDeviceResponse)
 
     def recorder(action: str) -> None:
         done = subprocess.run(
@@ -446,11 +470,21 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
         loop.run(while_away())
         recorder("start --no-block")  # the next message is sent while it starts again
         loop.run(after_restart())
+        folder = tmp_path_factory.mktemp("case") / "export"
+        export_until(folder, set(ids.values()))
+        undecryptable = [x for x in record_lines(folder) if x.get("event_id") == ids["withheld"]]
+        loop.run(send_late_key())
+        exported = export_until(folder, set(), late_line=ids["withheld"])
     finally:
         loop.run(lead_nio.close())
-    folder = tmp_path_factory.mktemp("case") / "export"
-    exported = export_until(folder, set(ids.values()))
-    return {"ids": ids, "image": image, "document": document, "folder": folder, "exported": exported}
+    return {
+        "ids": ids,
+        "image": image,
+        "document": document,
+        "folder": folder,
+        "exported": exported,
+        "undecryptable": undecryptable,
+    }
 
 
 def test_the_case_record_holds_every_event_decrypted(case_day, day):
@@ -477,15 +511,16 @@ def test_the_case_record_holds_every_event_decrypted(case_day, day):
     # What the browsers said earlier in the day, decrypted too (Hydrogen shared its keys with the recorder).
     bodies = {x["content"].get("body") for x in lines if x.get("content")}
     assert {"fox: containment started", "lead: rotate the VPN keys", "owl: ack, watching the logs"} <= bodies
-    # Nothing the recorder could not read.
-    # The withheld message: recorded as undecryptable, with its Megolm session, and nothing else is.
+    # The withheld message: first recorded as undecryptable, with its Megolm session and ciphertext…
     unread = [x for x in lines if x.get("undecryptable")]
-    late = {x["event_id"] for x in lines if x.get("late")}
-    assert ids["withheld"] in {x["event_id"] for x in unread}
-    # (Should a client answer the recorder's key request, a later line decrypts it: that is allowed.)
-    assert [x["event_id"] for x in unread if x["event_id"] not in late | {ids["withheld"]}] == [], unread
-    (withheld,) = [x for x in unread if x["event_id"] == ids["withheld"]]
-    assert withheld["session_id"] and withheld["raw"]["content"]["ciphertext"] and withheld["content"] is None
+    (withheld,) = case_day["undecryptable"]
+    assert withheld["undecryptable"] and withheld["content"] is None
+    assert withheld["session_id"] and withheld["raw"]["content"]["ciphertext"]
+    # …then, once its key arrived, a later line decrypts it. Nothing else was left unread.
+    late = [x for x in lines if x.get("late")]
+    assert [(x["event_id"], x["content"]["body"]) for x in late] == [(ids["withheld"], "lead: withheld")]
+    assert late[0]["seq"] > withheld["seq"] and late[0]["session_id"] == withheld["session_id"]
+    assert [x["event_id"] for x in unread] == [ids["withheld"]], unread
     # Membership and power are in the record.
     kinds = {x["type"] for x in lines}
     assert {"m.room.member", "m.room.power_levels", "m.room.encryption", "m.room.create"} <= kinds
@@ -530,7 +565,7 @@ def test_the_exported_case_renders_in_a_browser(case_day, browsers, loop):
     assert "owl: host 10.1.2.3 is patient zero" in text and "edited" in text and "host 10.1.2.4" in text
     assert "lead: the VPN password is hunter2" in text and "redacted by @lead:" in text
     assert "reactions: 👍" in text and "report.pdf" in text
-    assert "not decryptable: Megolm session" in text or "decrypted later" in text  # the withheld message
+    assert "decrypted later" in text  # the withheld message, once its key came
 
 
 def test_case_verify_passes_the_export_and_names_tampering(case_day, tmp_path):
