@@ -56,6 +56,14 @@ ExecStop=
 ExecReload=
 ExecReload=/bin/kill -HUP \$MAINPID
 PIDFile=
+# The postmaster restarts its own backends after one crashes; should it exit itself (a crash
+# recovery that could not write, on a full disk), systemd starts it again, ever more slowly
+# (5 s up to 1 min) and within the unit's start limit. Run directly, without pg_ctlcluster, a stop
+# is systemd's own and never followed by a restart (Debian's unit leaves Restart= off for that).
+Restart=on-failure
+RestartSec=5
+RestartSteps=5
+RestartMaxDelaySec=1min
 # Fast shutdown, as pg_ctlcluster's "-m fast": SIGINT to the server, which stops its own children.
 KillSignal=SIGINT
 KillMode=mixed
@@ -69,4 +77,4 @@ install -d -m 0755 /var/lib/outband
 systemctl daemon-reload 2>/dev/null || true
 systemctl enable outband-firstboot.service synapse.service nginx.service coturn.service \
   postgresql.service nftables.service unattended-upgrades.service ssh.service \
-  outband-restore-ipv6ll.service outband-recorder.service >/dev/null 2>&1
+  outband-restore-ipv6ll.service outband-recorder.service fail2ban.service >/dev/null 2>&1
