@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -25,6 +26,7 @@ SERVICES = [
     "outband-firstboot",
     "outband-recorder",
     "auditd",
+    "fail2ban",
 ]
 ONESHOTS = {"outband-firstboot", "nftables"}
 SECRET_FILES = [
@@ -78,6 +80,7 @@ COMMANDS = {
     "user_data": USER_DATA_SCAN,
     "failed": "systemctl --failed --no-legend --plain",
     "audit_rules": "auditctl -l",
+    "jails": "fail2ban-client status",
 }
 # Runs on the appliance as root: each command through sh, all at once (the guest has two vCPUs and
 # each command mostly waits on the emulated disk the first time), each file read (None when it
@@ -168,7 +171,7 @@ def test_services_run_as_their_own_users(probe, units, unit, user):
     assert owners[pid] == user
 
 
-@pytest.mark.parametrize("unit", ["synapse", "outband-recorder"])
+@pytest.mark.parametrize("unit", ["synapse", "outband-recorder", "fail2ban"])
 def test_long_running_python_services_are_sandboxed(units, unit):
     assert units[unit]["NoNewPrivileges"] == "yes"
     assert units[unit]["ProtectSystem"] == "strict"
@@ -290,3 +293,8 @@ def test_the_audit_rules_for_secrets_and_configs_are_loaded(probe):
     rules = output(probe, "audit_rules")
     assert "dir=/etc/synapse/secrets" in rules and "key=outband-secret-read" in rules
     assert "path=/etc/ssh/sshd_config" in rules and "key=outband-config" in rules
+
+
+def test_failed_ssh_and_matrix_sign_ins_are_watched_for_bans(probe):
+    jails = output(probe, "jails")
+    assert re.search(r"Jail list:\s+sshd, synapse-login\s*$", jails, re.M), jails
