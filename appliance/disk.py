@@ -89,6 +89,7 @@ def prepare_boot(tree: Path, fsid: str) -> None:
     grub = tree / "boot/grub"
     grub.mkdir(parents=True, exist_ok=True)
     (grub / "grub.cfg").write_text(GRUB_CFG.format(uuid=fsid))
+    (grub / "grub.cfg").chmod(0o600)  # GRUB reads it as root; nobody else needs to (lynis FILE-7524)
     modules = grub / "i386-pc"
     if modules.exists():
         shutil.rmtree(modules)

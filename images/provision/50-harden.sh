@@ -4,6 +4,30 @@
 set -eu
 # No password for anyone: SSH keys only, sudo for the operator user made by cloud-init.
 usermod -p '*' root
+# login.defs (lynis AUTH-9230, AUTH-9286, AUTH-9328): a session's new files private to its group
+# (pam_umask reads UMASK; Debian 13's file has no such line). Nobody has a password here (keys
+# only), but should one be set it gets hashing rounds and an age.
+login_def() {
+  if grep -q "^$1[[:space:]]" /etc/login.defs; then
+    sed -i "s/^$1[[:space:]].*/$1\t$2/" /etc/login.defs
+  else
+    printf '%s\t%s\n' "$1" "$2" >> /etc/login.defs
+  fi
+}
+login_def UMASK 027
+login_def PASS_MAX_DAYS 365
+login_def PASS_MIN_DAYS 1
+login_def SHA_CRYPT_MIN_ROUNDS 5000
+login_def SHA_CRYPT_MAX_ROUNDS 500000
+# Lynis FILE-7524, HOME-9304: configs that say how the system is entered or run at times readable
+# by root only, and PostgreSQL's home (its data) closed to others.
+chmod 0600 /etc/ssh/sshd_config
+for d in /etc/cron.d /etc/cron.daily /etc/cron.weekly /etc/cron.monthly /etc/cron.hourly; do
+  if [ -d "$d" ]; then chmod 0700 "$d"; fi
+done
+# A cloud's stock image brings its own grub.cfg (the local target's is written 0600 by appliance/disk.py).
+if [ -f /boot/grub/grub.cfg ]; then chmod 0600 /boot/grub/grub.cfg; fi
+chmod 0750 /var/lib/postgresql
 # sshd: host key is injected per launch, ed25519 only.
 for f in /etc/ssh/sshd_config.d/*.conf; do chmod 0644 "$f"; done
 # Boot units an appliance does not need. Each costs seconds under emulation; sshd-keygen would
