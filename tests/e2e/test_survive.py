@@ -182,3 +182,83 @@ def test_the_case_record_survives_the_power_cut_without_losing_or_repeating_anyt
     assert len(ids) == len(set(ids))
     checked = invoke("case.verify", str(recorded["folder"]))
     assert "chain intact" in checked.stdout + checked.stderr
+
+
+# Issue 19: the disk fills up. A file takes every block an unprivileged service may use (root keeps
+# ext4's reserve, so the journal and the operator's SSH still work), as a flood of uploads or logs
+# would. Messages are refused with an error instead of corrupting the database, and once the file is
+# gone the service is back by itself: every message it acknowledged is there, nothing failed.
+FILL = "/var/lib/outband/disk-full-test"
+
+
+def test_a_full_disk_refuses_messages_then_recovers_without_losing_any(second_appliance, conversation):
+    from nio import RoomSendResponse
+
+    from appliance import ssh
+
+    device, room = conversation["device"], conversation["room_id"]
+    fill = (
+        f"sudo fallocate -l $(df -B1 --output=avail {FILL.rsplit('/', 1)[0]} | tail -n 1) {FILL}"
+        " && df -h --output=avail,pcent /"
+    )
+    filled = ssh.command(second_appliance, fill, timeout=120)
+    assert filled.returncode == 0, filled.stderr
+    acknowledged: list[str] = []
+    refused: list[str] = []
+
+    async def send(body: str) -> bool:
+        try:
+            sent = await asyncio.wait_for(
+                device.client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": body}), 60
+            )
+        except (TimeoutError, OSError) as e:
+            refused.append(f"{body}: {type(e).__name__}")
+            return False
+        if isinstance(sent, RoomSendResponse):
+            acknowledged.append(body)
+            return True
+        refused.append(f"{body}: {sent}")
+        return False
+
+    async def while_full() -> None:
+        device.client.client_session = None
+        await device.open()
+        try:
+            for i in range(40):  # rows fill the tables' last pages first: some sends still fit
+                if not await send(f"disk full {i}") and len(refused) >= 3:
+                    return
+        finally:
+            await device.client.client_session.close()
+
+    try:
+        asyncio.run(while_full())
+    finally:
+        freed = ssh.command(second_appliance, f"sudo rm -f {FILL}", timeout=120)
+        assert freed.returncode == 0, freed.stderr
+    assert refused, f"every message was accepted on a full disk: {filled.stdout}"
+
+    async def after() -> list[str]:
+        device.client.client_session = None
+        await device.open()
+        try:
+            deadline = time.monotonic() + 300
+            while not await send("disk freed"):
+                assert time.monotonic() < deadline, f"still refusing after the disk was freed: {refused[-3:]}"
+                await asyncio.sleep(5)
+            await device.client.sync(timeout=0)
+            response = await device.client.room_messages(room, start=device.client.next_batch, limit=100)
+            assert isinstance(response, RoomMessagesResponse), response
+            return [getattr(e, "body", "") for e in reversed(response.chunk)]
+        finally:
+            await device.client.client_session.close()
+
+    history = asyncio.run(after())
+    # Every acknowledged message, once and in order; a refused one may have been kept all the same
+    # (its answer lost, not its write), never one nobody sent.
+    kept = [b for b in history if b.startswith("disk full")]
+    full = [b for b in acknowledged if b.startswith("disk full")]
+    assert [b for b in kept if b in full] == full and len(kept) == len(set(kept)), (kept, acknowledged, refused)
+    assert set(kept) <= set(full) | {r.split(":")[0] for r in refused}
+    assert "disk freed" in history
+    verified = invoke("verify", "--name", APPLIANCE, check=False)
+    assert verified.returncode == 0, verified.stdout[-3000:]
