@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance import ssh
 from tests.conftest import REPO
 from tests.e2e import clients
 from tests.e2e.conftest import REPORTS, facts, invoke
@@ -89,8 +90,6 @@ RECORDED = ("ssh.service", "unattended-upgrades.service", "systemd-networkd.serv
 
 
 def test_every_service_we_ship_is_sandboxed_to_an_exposure_of_5_or_less(journey_appliance, record_property):
-    from appliance import ssh
-
     units = " ".join(OURS + RECORDED)
     script = f"for u in {units}; do systemd-analyze security --no-pager $u | tail -n 1; done"
     out = ssh.command(journey_appliance, script, timeout=300)
@@ -105,8 +104,6 @@ def test_every_service_we_ship_is_sandboxed_to_an_exposure_of_5_or_less(journey_
 
 def test_audit_system_shows_an_operators_secret_read_config_change_and_sudo(journey_appliance):
     """What auditd records (images/files/etc/audit/rules.d/outband.rules), through `invoke audit --system`."""
-    from appliance import ssh
-
     done = ssh.command(
         journey_appliance,
         "sudo cat /etc/synapse/secrets/macaroon >/dev/null && sudo touch /etc/nginx/conf.d/audit-test.conf"
@@ -140,8 +137,9 @@ LYNIS_RUN = (
 
 def on_appliance(record, script: str, stdin: bytes | None = None, timeout: float = 300) -> str:
     """A shell script run as root on the appliance through the operator's pinned SSH channel."""
+    # appliance.ssh.command's channel (its config and alias), with standard input.
     done = subprocess.run(
-        ["ssh", "-F", str(record.path("ssh_config")), f"outband-{record.name}", f"sudo sh -c {shlex.quote(script)}"],
+        ["ssh", "-F", str(record.path("ssh_config")), ssh.alias(record.name), f"sudo sh -c {shlex.quote(script)}"],
         input=stdin if stdin is not None else b"",
         capture_output=True,
         timeout=timeout,
@@ -171,9 +169,9 @@ def lynis_scan(journey_appliance):
         "rm -rf /tmp/outband-lynis && mkdir -m 0700 /tmp/outband-lynis && tar -C /tmp/outband-lynis -xf -",
         stdin=bundle,
     )
-    ssh = ["ssh", "-F", str(journey_appliance.path("ssh_config")), f"outband-{journey_appliance.name}"]
+    channel = ["ssh", "-F", str(journey_appliance.path("ssh_config")), ssh.alias(journey_appliance.name)]
     scan = subprocess.Popen(
-        [*ssh, f"sudo sh -c {shlex.quote(LYNIS_RUN)}"],
+        [*channel, f"sudo sh -c {shlex.quote(LYNIS_RUN)}"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -245,23 +243,23 @@ def test_failed_sign_ins_ban_their_address_and_nobody_else(journey_appliance, tm
 
     asyncio.run(sign_in())
     # The ban holds on every port: the Matrix guesser cannot reach sshd either.
-    ssh = (
+    ssh_from = (
         "ssh -b {src} -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=no"
         " -o UserKnownHostsFile=/dev/null nosuch@127.0.0.1 true 2>&1; true"
     )
-    assert "refused" in on_appliance(record, ssh.format(src=ATTACKER))
+    assert "refused" in on_appliance(record, ssh_from.format(src=ATTACKER))
     # SSH, from another address: connections as an unknown user (keys only: nothing to guess but
     # names and keys), until banned. sshd's own per-source penalty may refuse an attempt before
     # it is counted, so this retries.
     script = (
-        f"for i in $(seq 1 15); do {ssh.format(src=SSH_ATTACKER)} >/dev/null;"
+        f"for i in $(seq 1 15); do {ssh_from.format(src=SSH_ATTACKER)} >/dev/null;"
         f" fail2ban-client get sshd banip | grep -qw {SSH_ATTACKER} && break; sleep 3; done;"
         f" fail2ban-client get sshd banip"
     )
     try:
         assert SSH_ATTACKER in on_appliance(record, script, timeout=300)
-        assert "refused" in on_appliance(record, ssh.format(src=SSH_ATTACKER))
-        assert "Permission denied (publickey)" in on_appliance(record, ssh.format(src=BYSTANDER))
+        assert "refused" in on_appliance(record, ssh_from.format(src=SSH_ATTACKER))
+        assert "Permission denied (publickey)" in on_appliance(record, ssh_from.format(src=BYSTANDER))
     finally:
         on_appliance(record, "fail2ban-client unban --all")
 
