@@ -12,7 +12,18 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from nio import AsyncClient, AsyncClientConfig, LoginResponse, MegolmEvent, RoomMessageText
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    LoginResponse,
+    MegolmEvent,
+    RoomMessagesResponse,
+    RoomMessageText,
+    SyncResponse,
+)
+
+# Up to 100 new events per room in one sync (Synapse's default is 10): fewer gaps to fill under load.
+SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
 
 
 class PinnedResolver(AbstractResolver):
@@ -70,16 +81,37 @@ class Device:
         await self.sync()
 
     async def sync(self, timeout_ms: int = 1000) -> None:
-        response = await self.client.sync(timeout=timeout_ms, full_state=not self.seen)
+        response = await self.client.sync(timeout=timeout_ms, full_state=not self.seen, sync_filter=SYNC_FILTER)
+        if self.client.should_upload_keys:  # one-time keys others claimed: replenished, as clients do
+            await self.client.keys_upload()
         if self.client.should_query_keys:
             await self.client.keys_query()
         if self.client.should_claim_keys:
             await self.client.keys_claim(self.client.get_users_for_key_claiming())
-        for room in getattr(response, "rooms", None).join.values() if hasattr(response, "rooms") else []:
-            for event in room.timeline.events:
+        for room_id, room in response.rooms.join.items() if isinstance(response, SyncResponse) else []:
+            events = list(room.timeline.events)
+            if room.timeline.limited and room.timeline.prev_batch:
+                events = await self._backfill(room_id, room.timeline.prev_batch) + events
+            for event in events:
                 self.seen.append(event)
                 if isinstance(event, RoomMessageText):
                     self.arrived.setdefault(event.body, time.monotonic())
+
+    async def _backfill(self, room_id: str, token: str) -> list:
+        """A limited timeline left a gap (more new events than the sync returns at once): read back
+        through /messages to the events this device already had, as a client fills the gap."""
+        known = {getattr(e, "event_id", None) for e in self.seen}
+        older: list = []
+        while token:
+            page = await self.client.room_messages(room_id, start=token, limit=100)
+            if not isinstance(page, RoomMessagesResponse) or not page.chunk:
+                break
+            fresh = [e for e in page.chunk if e.event_id not in known]
+            older += fresh
+            if len(fresh) < len(page.chunk) or page.end == token:
+                break
+            token = page.end
+        return older[::-1]
 
     def decrypted(self) -> list[str]:
         return [e.body for e in self.seen if isinstance(e, RoomMessageText) and e.decrypted]
