@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from appliance import ssh
+from appliance.targets.local import SSH_PORT
 from tests.conftest import REPO
 from tests.e2e import clients
 from tests.e2e.conftest import REPORTS, facts, invoke
@@ -73,6 +74,28 @@ def test_a_tls_scanner_finds_only_ecdhe_aead_suites_and_no_old_protocol(journey_
     weak = [c for c in tls12 if not (c.startswith("ECDHE-") and ("-GCM-" in c or c.endswith("CHACHA20-POLY1305")))]
     assert weak == [], f"{port} accepts suites outside ECDHE + AEAD: {weak}"
     assert all(c.startswith("TLS_") for v, c in suites if v == "TLSv1.3")
+
+
+# ssh-audit (Debian's): no algorithm it fails. Debian 12's ssh-audit is 2.5.0, older than the
+# appliance's OpenSSH 10.0: it calls ML-KEM and strict key exchange "unknown" (warnings, recorded),
+# and it lists every OpenSSH CVE since 2000 as if 10.0 came before 3.7 (its version comparison), so its
+# CVE lines are not a finding; Debian's security updates are unattended-upgrades' job.
+def test_ssh_audit_fails_no_algorithm(journey_appliance, record_property):
+    if shutil.which("ssh-audit") is None:
+        pytest.fail("ssh-audit is not installed: scripts/install-deps installs it (Debian's package)")
+    f = facts(journey_appliance)
+    out = subprocess.run(
+        ["ssh-audit", "--no-colors", "--port", str(SSH_PORT), f["address"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
+    algorithms = [line for line in out.splitlines() if re.match(r"\((kex|key|enc|mac)\) ", line)]
+    assert algorithms, out
+    record_property("measured", "ssh-audit: " + "; ".join(" ".join(a.split()) for a in algorithms if "[warn]" in a))
+    assert "[fail]" not in out, out
+    assert {a.split()[1] for a in algorithms if a.startswith("(key)")} == {"ssh-ed25519"}, algorithms
 
 
 # Every long-running service we ship, sandboxed to systemd-analyze's exposure 5.0 or lower (issue
