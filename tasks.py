@@ -138,6 +138,7 @@ def list_(c: Context) -> None:
         "webclient": "element or hydrogen",
         "journey": "also a browser sign-in and 2×50 end-to-end encrypted messages (browser ↔ nio)",
         "case": "also the case recorder under 1,000 encrypted messages + 20 files, and their case.export",
+        "load": "also 20 end-to-end encrypted nio clients sending 100 messages each (issue 19's load)",
     }
 )
 def bench(
@@ -147,12 +148,13 @@ def bench(
     webclient: str | None = None,
     journey: bool = False,
     case: bool = False,
+    load: bool = False,
 ) -> None:
     """Measure bake (cold/warm), image size, launch→verified, destroy, idle memory → BENCHMARKS.md."""
     from appliance import bench as bench_mod
 
     with command("bench", c, webclient=webclient) as s:
-        results, accel = bench_mod.run(s, runs=runs, cold=cold, journey=journey, case=case)
+        results, accel = bench_mod.run(s, runs=runs, cold=cold, journey=journey, case=case, load=load)
         path = bench_mod.write_markdown(s, results, accel)
         log.console.print(path.read_text())
 

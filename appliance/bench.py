@@ -26,6 +26,23 @@ LATENCIES = {
     "journey_browser_to_nio_ms": ("Message sent in the browser → decrypted by a nio device", "ms"),
     "journey_nio_to_browser_ms": ("Message sent by a nio device → shown decrypted in the browser", "ms"),
     "case_lag_ms": ("Case record: message accepted by Synapse → line in the case folder (1,000 messages)", "ms"),
+    "load_latency_ms": ("Load: message sent → decrypted by each member of its room (20 E2EE clients)", "ms"),
+}
+# Issue 19's load (tests/bench/load.py): what happened to the 2,000 messages, and the appliance's peaks.
+LOAD_FIGURES = {
+    "load_acknowledged": ("Load: sends acknowledged (200)", ""),
+    "load_refused": ("Load: sends refused", ""),
+    "load_lost": ("Load: acknowledged, never decrypted by a member (message × member)", ""),
+    "load_duplicated": ("Load: one message seen twice by a member", ""),
+    "load_undecryptable": ("Load: undecryptable events seen by the members", ""),
+    "load_sending_s": ("Load: time to send them all", " s"),
+    "load_cpu_peak_pct": ("Load: the appliance's CPU busy, peak of 5 s samples", " %"),
+    "load_mem_peak_mb": ("Load: the appliance's memory in use (MemTotal − MemAvailable), peak", " MB"),
+    "load_oom_kills": ("Load: OOM killer runs (kernel log)", ""),
+    "cut_acknowledged": ("Power cut under load: sends acknowledged in the run that was cut", ""),
+    "cut_lost": ("Power cut: acknowledged (before or after it), never decrypted by a member", ""),
+    "cut_duplicated": ("Power cut: one message seen twice by a member", ""),
+    "cut_restart_s": ("Power cut: `invoke start` after it, to healthy", " s"),
 }
 TARGETS = {
     "bake_cold_s": ("Cold bake (empty cache)", 360, "≤ 6 min"),
@@ -39,7 +56,12 @@ TARGETS = {
     "start_verified_s": ("stop, then start → verified (first boot already done)", None, ""),
     "destroy_s": ("destroy", 5, "≤ 5 s"),
     "case_export_s": ("case.export of 1,000 messages + 20 files (first export, verified, rendered)", None, ""),
-    "idle_rss_mb": ("Idle RSS: Synapse + PostgreSQL + coturn + nginx + the case recorder + fail2ban", 450, "≤ 450 MB"),
+    "idle_pss_mb": (
+        "Idle memory (PSS): Synapse + PostgreSQL + coturn + nginx + the case recorder + fail2ban",
+        450,
+        "≤ 450 MB",
+    ),
+    "idle_rss_mb": ("Idle RSS summed over the same processes (shared pages counted per process)", None, ""),
     "guest_used_mb": ("Idle guest memory in use (free -m)", None, ""),
 }
 
@@ -76,22 +98,40 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.monotonic() - start, result
 
 
-def idle_memory(record) -> tuple[float, float]:
+# The service users' processes, plus the two root ones (nginx's master, fail2ban). Not `-C nginx`:
+# ps ORs its selections, which counted nginx's workers twice.
+SERVICE_PIDS = (
+    "{ pgrep -d, -u synapse,postgres,turnserver,www-data,outband-recorder; echo ,;"
+    " pgrep -d, -u root -x 'nginx|fail2ban-server'; } | tr -d '\\n' | sed 's/^,//; s/,$//'"
+)
+
+
+def idle_memory(record) -> tuple[float, float, float]:
+    """(RSS summed, PSS summed, guest memory in use) in MB. RSS counts a shared page once per
+    process that maps it: PostgreSQL's shared buffers once per backend, each Python's libraries once
+    per interpreter. PSS divides each shared page among its users, so its sum is what the services
+    really hold; the issue's 450 MB is judged on it, and RSS is kept beside it for the earlier figures."""
     out = ssh.command(
         record,
-        # The service users' processes, plus the two root ones (nginx's master, fail2ban). Not
-        # `-C nginx`: ps ORs its selections, which counted nginx's workers twice.
-        "ps -o rss= -u synapse,postgres,turnserver,www-data,outband-recorder;"
-        " ps -o rss= -p \"$(pgrep -d, -u root -x 'nginx|fail2ban-server')\"; free -m",
-        timeout=60,
+        f'pids=$({SERVICE_PIDS}); ps -o rss= -p "$pids";'
+        ' for p in $(echo "$pids" | tr , " "); do sudo awk \'/^Pss:/ {print "pss", $2}\' /proc/$p/smaps_rollup; done;'
+        " free -m",
+        timeout=120,
     ).stdout.splitlines()
     rss = sum(int(x) for x in out if x.strip().isdigit()) / 1024
+    pss = sum(int(x.split()[1]) for x in out if x.startswith("pss ")) / 1024
     used = next(int(line.split()[2]) for line in out if line.startswith("Mem:"))
-    return rss, used
+    return rss, pss, used
 
 
 def run(
-    s: Settings, runs: int = 1, cold: bool = True, idle_seconds: int = 60, journey: bool = False, case: bool = False
+    s: Settings,
+    runs: int = 1,
+    cold: bool = True,
+    idle_seconds: int = 60,
+    journey: bool = False,
+    case: bool = False,
+    load: bool = False,
 ) -> tuple[dict[str, list[float]], str]:
     """Returns the measurements and the acceleration the appliances ran with."""
     results: dict[str, list[float]] = {k: [] for k in TARGETS}
@@ -130,8 +170,9 @@ def run(
         results["boot_healthy_s"].append(boot)
         results["verify_s"].append(verify_s)
         time.sleep(idle_seconds)  # let first-start work settle before measuring idle memory
-        rss, used = idle_memory(record)
+        rss, pss, used = idle_memory(record)
         results["idle_rss_mb"].append(rss)
+        results["idle_pss_mb"].append(pss)
         if journey:  # a browser and a nio client on the same appliance (tests/bench/journey.py)
             from tests.bench import journey as journey_bench
 
@@ -141,6 +182,11 @@ def run(
             from tests.bench import case as case_bench
 
             for key, values in case_bench.measure(s, record).items():
+                results.setdefault(key, []).extend(values)
+        if load:  # issue 19: 20 E2EE clients × 100 messages, CPU and memory peaks (tests/bench/load.py)
+            from tests.bench import load as load_bench
+
+            for key, values in load_bench.measure(s, record).items():
                 results.setdefault(key, []).extend(values)
         results["guest_used_mb"].append(used)
         # Issue 21: after a host restart the operator runs `invoke start`; measured from a clean stop.
@@ -189,8 +235,13 @@ def write_markdown(
     for key, (label, unit) in LATENCIES.items():
         values = sorted(results.get(key) or [])
         if values:
-            p50, p95 = values[len(values) // 2], values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-            lines.append(f"| {label} | p50 {p50:.0f} {unit}, p95 {p95:.0f} {unit} | {len(values)} | | |")
+            p50, p95, p99 = (values[min(len(values) - 1, round(q * (len(values) - 1)))] for q in (0.5, 0.95, 0.99))
+            lines.append(
+                f"| {label} | p50 {p50:.0f} {unit}, p95 {p95:.0f} {unit}, p99 {p99:.0f} {unit} | {len(values)} | | |"
+            )
+    for key, (label, unit) in LOAD_FIGURES.items():
+        if results.get(key):
+            lines.append(f"| {label} | {max(results[key]):.0f}{unit} | {len(results[key])} | | |")
     for key, (label, limit, target_text) in TARGETS.items():
         values = results.get(key) or []
         if not values:
