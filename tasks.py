@@ -73,6 +73,9 @@ def lock(c: Context, only: str = "") -> None:
         "image": "image to boot: a qcow2 path (local) or a snapshot name or id (digitalocean); default: the newest",
         "target": "local (default) or digitalocean",
         "keep-on-failure": "debugging: keep a failed appliance for inspection instead of cleaning it up",
+        "federate-with": "comma-separated team: appliance names from `invoke ls`, or server names elsewhere;"
+        " federation with them only (default: with nobody)",
+        "open-federation": "federate with any Matrix server instead of the team only",
     }
 )
 def launch(
@@ -82,10 +85,20 @@ def launch(
     image: str | None = None,
     target: str | None = None,
     keep_on_failure: bool = False,
+    federate_with: str = "",
+    open_federation: bool = False,
 ) -> None:
     """Boot an appliance with fresh per-launch secrets; returns when it is healthy."""
     with command("launch", c, target=target) as s:
-        record = launch_mod.launch(s, name=name, domain=domain, image=image, keep_on_failure=keep_on_failure)
+        record = launch_mod.launch(
+            s,
+            name=name,
+            domain=domain,
+            image=image,
+            keep_on_failure=keep_on_failure,
+            federate_with=tuple(m.strip() for m in federate_with.split(",") if m.strip()),
+            open_federation=open_federation,
+        )
         launch_mod.print_summary(record)
 
 

@@ -15,7 +15,13 @@ from appliance.table import Table
 
 
 def launch(
-    s: Settings, name: str | None, domain: str | None, image: str | None, keep_on_failure: bool = False
+    s: Settings,
+    name: str | None,
+    domain: str | None,
+    image: str | None,
+    keep_on_failure: bool = False,
+    federate_with: tuple[str, ...] = (),
+    open_federation: bool = False,
 ) -> Record:
     name = userdata.validate_name(name or s.name)
     target = targets.get(s)
@@ -25,8 +31,30 @@ def launch(
         domain=domain,
         image=image,
         contact_email=s.contact_email or f"security@{domain}",
+        federation=team_servers(s, federate_with),
+        open_federation=open_federation,
     )
     return target.launch(spec, keep_on_failure=keep_on_failure)
+
+
+def team_servers(s: Settings, members: tuple[str, ...]) -> tuple[str, ...]:
+    """Server names for --federate-with: an appliance of this machine by its name (its domain), or a
+    server name (a DNS name) of one elsewhere."""
+    store = Store(s.dirs.state)
+    servers = []
+    for member in members:
+        record = store.get(member) if "." not in member else None
+        if record is not None:
+            servers.append(record.data["domain"])
+        elif "." in member:
+            servers.append(userdata.validate_domain(member))
+        else:
+            die(
+                f"--federate-with {member}: no appliance of that name here, and not a server name",
+                hint="name an appliance from `invoke ls`, or give a server name such as chat.example.org",
+                status=ExitStatus.USAGE,
+            )
+    return tuple(servers)
 
 
 def print_summary(record: Record) -> None:

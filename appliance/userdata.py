@@ -73,9 +73,13 @@ def contract(
     public_ip: str = "",
     private_ip: str = "",
     await_dns: bool = False,
+    federation: tuple[str, ...] = (),
+    open_federation: bool = False,
 ) -> dict[str, Any]:
     """`await_dns`: first boot waits until the names resolve to the appliance before asking for the
-    certificate (a cloud, where DNS records can only be made once the machine has its address)."""
+    certificate (a cloud, where DNS records can only be made once the machine has its address).
+    `federation`: the other server names this one federates with (its team); nobody else unless
+    `open_federation`."""
     return validate(
         {
             "schema": contract_file.SCHEMA_VERSION,
@@ -86,6 +90,7 @@ def contract(
             "public_ip": public_ip,
             "private_ip": private_ip,
             "secrets": launch_secrets.as_dict(),
+            "federation": {"open": open_federation, "servers": sorted({domain, *federation})},
         }
     )
 

@@ -21,6 +21,8 @@ class LaunchSpec:
     image: Image | str | None  # a resolved image, or a reference the target resolves (None: newest)
     contact_email: str
     bare: bool = False  # no launch contract: boot the image as baked, SSH only (image tests)
+    federation: tuple[str, ...] = ()  # the team's other server names (federation with them only)
+    open_federation: bool = False  # federate with any server instead
 
     @classmethod
     def ssh_only(cls, name: str, image: Image) -> LaunchSpec:

@@ -76,6 +76,8 @@ def write_facts(record: Record, target: str, address: str, ssh_port: int, identi
         # this, never against a key the appliance (or the exported folder) offers.
         "case_public_key": secrets.ed25519_public(identity.secrets.case_key),
         "secrets_file": str(record.path("secrets.json")),
+        # Whom it federates with: {"open": bool, "servers": [...]} (absent for an image test's bare boot).
+        "federation": record.data.get("federation"),
     }
     return write_private(record.path("facts.json"), json.dumps(facts, indent=2) + "\n")
 

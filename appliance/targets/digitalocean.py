@@ -278,9 +278,18 @@ class DigitalOceanTarget:
         with step(record, "Render the user-data"):
             directory = self.s.acme_directory or (LETS_ENCRYPT_STAGING if self.s.acme_staging else LETS_ENCRYPT)
             contract_ = userdata.contract(
-                spec.name, spec.domain, spec.contact_email, directory, None, identity.secrets, await_dns=True
+                spec.name,
+                spec.domain,
+                spec.contact_email,
+                directory,
+                None,
+                identity.secrets,
+                await_dns=True,
+                federation=spec.federation,
+                open_federation=spec.open_federation,
             )
             text = userdata.render(contract_, identity.host_key, identity.operator.public_openssh)
+            record.set(federation=contract_["federation"])  # the team, kept for verify and later changes
         with step(record, "Create the droplet"):
             body = {
                 "name": spec.name,

@@ -203,8 +203,11 @@ class LocalTarget:
                 launch_secrets,
                 public_ip=address,
                 private_ip="10.0.2.15",
+                federation=spec.federation,
+                open_federation=spec.open_federation,
             )
             text = userdata.render(contract_, host_key, operator.public_openssh)
+            record.set(federation=contract_["federation"])  # the team, kept for verify and later changes
         with common.step(record, "User-data and NoCloud seed"):
             instance_id = f"{spec.name}-{pysecrets.token_hex(4)}"
             userdata.write_seed(record.path("seed.iso"), text, userdata.meta_data(spec.name, instance_id))

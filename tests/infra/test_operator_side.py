@@ -26,6 +26,34 @@ def test_federation_version_on_8448(get, domain):
     assert r.json()["server"]["name"] == "Synapse"
 
 
+def federation_request(facts: dict, domain: str, origin: str) -> https.Response:
+    """A federation query as server `origin` would send it, with a signature that cannot verify."""
+    auth = f'X-Matrix origin="{origin}",destination="{domain}",key="ed25519:a_test",sig="{"A" * 86}"'
+    return https.request(
+        facts["address"],
+        8448,
+        f"matrix.{domain}",
+        f"/_matrix/federation/v1/query/profile?user_id=%40nobody%3A{domain}",
+        facts["acme_root"],
+        headers={"Authorization": auth},
+        timeout=60,
+    )
+
+
+def test_federation_is_with_the_team_only(facts, domain):
+    """Issue 18: a server outside the team is refused before its signature is even looked at
+    (Synapse's federation_domain_whitelist: 403 "Federation denied"); a team member's request gets
+    past the list to the signature check (here 401: the signature is made up). With
+    --open-federation nobody is refused by the list."""
+    federation = facts["federation"]
+    assert domain in federation["servers"]
+    outsider = federation_request(facts, domain, "outsider.invalid")
+    denied = outsider.status == 403 and "Federation denied" in outsider.json().get("error", "")
+    assert denied is not federation["open"], (outsider.status, outsider.body[:200])
+    member = federation_request(facts, domain, ([s for s in federation["servers"] if s != domain] or [domain])[0])
+    assert member.status == 401, (member.status, member.body[:200])
+
+
 def test_key_server_serves_the_injected_signing_key(get, domain, facts):
     """The federation tester's checks: MatchingServerName, FutureValidUntilTS, HasEd25519Key, AllEd25519ChecksOK."""
     r = get(f"matrix.{domain}", "/_matrix/key/v2/server", port=8448)

@@ -72,6 +72,7 @@ def invoke_cli(tmp_path, *args):
         (["launch", "--name", "ok", "--domain", "no"], 2, "invalid domain"),
         (["launch", "--name", "ok", "--image", "/nonexistent.qcow2"], 2, "does not exist"),
         (["launch", "--name", "ok"], 2, "no baked image"),
+        (["launch", "--name", "ok", "--federate-with", "ghost"], 2, "--federate-with ghost: no appliance"),
         (["bake", "--webclient", "netscape"], 2, "webclient must be one of"),
         (["verify", "--name", "ghost"], 2, "no appliance named 'ghost'"),
         (["bake", "--target", "digitalocean"], 2, "DIGITALOCEAN_TOKEN is not set"),

@@ -47,9 +47,17 @@ def test_render(env, fixture):
 def test_homeserver_yaml_is_valid_yaml(env):
     import yaml
 
-    config = yaml.safe_load(env.get_template("homeserver.yaml.j2").render(domain="a.example.org", **SHARED))
+    def render(whitelist: list[str] | None) -> dict:
+        text = env.get_template("homeserver.yaml.j2").render(
+            domain="a.example.org", federation_whitelist=whitelist, **SHARED
+        )
+        return yaml.safe_load(text)
+
+    config = render(["a.example.org", "b.example.net"])
     assert config["listeners"][0]["bind_addresses"] == ["127.0.0.1"]
     assert config["database"]["args"]["host"] == "127.0.0.1"
+    assert config["federation_domain_whitelist"] == ["a.example.org", "b.example.net"]
+    assert "federation_domain_whitelist" not in render(None)  # --open-federation
 
 
 def test_templates_fail_loudly_on_a_missing_value(env):
@@ -90,7 +98,12 @@ def test_homeserver_yaml_is_written_last(monkeypatch):
     monkeypatch.setattr(firstboot, "write", lambda path, *args, **kwargs: written.append(Path(path).name))
     monkeypatch.setattr(firstboot.Path, "chmod", lambda self, mode: None)
     env = firstboot.template_env()
-    contract = {"domain": "a.test", "public_ip": "192.0.2.1", "secrets": dict.fromkeys(["turn"], "x")}
+    contract = {
+        "domain": "a.test",
+        "public_ip": "192.0.2.1",
+        "secrets": dict.fromkeys(["turn"], "x"),
+        "federation": {"open": False, "servers": ["a.test"]},
+    }
     firstboot.render_configs(contract, env)
     assert written[-1] == "homeserver.yaml"
     assert "log.yaml" in written

@@ -52,7 +52,9 @@ def test_waits_for_first_boot_to_write_the_config(tmp_path, monkeypatch):
 def test_the_database_address_is_the_one_first_boot_configures():
     env = firstboot.template_env()
     config = yaml.safe_load(
-        env.get_template("homeserver.yaml.j2").render(domain="a.test", ports=firstboot.CONSTANTS["ports"])
+        env.get_template("homeserver.yaml.j2").render(
+            domain="a.test", ports=firstboot.CONSTANTS["ports"], federation_whitelist=["a.test"]
+        )
     )
     assert start.database_address(config) == ("127.0.0.1", 5432)
     assert start.database_address({"database": {"args": {}}}) == ("localhost", 5432)

@@ -74,6 +74,8 @@ def test_contract_survives_yaml_special_characters(launch_secrets):
         ({"public_ip": "300.1.1.1"}, "$.public_ip"),
         ({"acme": {"directory": "http://acme.example/dir", "ca_pem": None}}, "$.acme.directory"),
         ({"surprise": True}, "$"),
+        ({"federation": {"open": False, "servers": ["Bad_Server"]}}, "$.federation.servers[0]"),
+        ({"federation": {"servers": []}}, "$.federation"),
     ],
 )
 def test_the_schema_rejects_a_bad_contract_naming_the_field(contract, change, where):
@@ -82,6 +84,18 @@ def test_the_schema_rejects_a_bad_contract_naming_the_field(contract, change, wh
     assert err.value.message.startswith(f"launch contract: {where} ")
     assert err.value.hint and "contract.json" in err.value.hint
     assert err.value.status == ExitStatus.USAGE
+
+
+def test_federation_is_with_the_team_and_this_server_only_unless_opened(launch_secrets):
+    def federation(**kwargs) -> dict:
+        return userdata.contract(
+            "bravo", "b.example.org", "ops@example.org", "https://acme.example/dir", None, launch_secrets, **kwargs
+        )["federation"]
+
+    assert federation() == {"open": False, "servers": ["b.example.org"]}
+    team = federation(federation=("c.example.net", "a.example.org", "b.example.org"))
+    assert team == {"open": False, "servers": ["a.example.org", "b.example.org", "c.example.net"]}
+    assert federation(open_federation=True)["open"] is True
 
 
 @pytest.mark.parametrize("field", ["signing_key", "macaroon", "turn", "db_password"])

@@ -204,6 +204,8 @@ def render_configs(c: dict, env: jinja2.Environment) -> None:
         "private_ip": c.get("private_ip", ""),
         "ports": CONSTANTS["ports"],
         "relay": CONSTANTS["relay_ports"],
+        # None: open federation; else the only server names Synapse federates with (its team's).
+        "federation_whitelist": None if c["federation"]["open"] else c["federation"]["servers"],
     }
     write(Path("/etc/synapse/log.yaml"), env.get_template("log.yaml.j2").render(values), "root", "synapse", 0o640)
     write(
