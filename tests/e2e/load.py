@@ -75,7 +75,7 @@ class Team:
             def register(name: str) -> None:
                 api.logout(api.register(secret, name, passwords[name], admin=name == self.names[0])["access_token"])
 
-            # Four at a time: Synapse hashes each password with bcrypt in a thread, one per vCPU.
+            # Four at a time: Synapse hashes with bcrypt in its thread pool, so both vCPUs work.
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(register, self.names))
             self.recorder = api.user_id(matrix.RECORDER_ACCOUNT)
@@ -95,10 +95,9 @@ class Team:
     # -- the responders' part -------------------------------------------------------------------------
     async def sign_in(self, passwords: dict[str, str]) -> None:
         """Every device signs in and joins its rooms; the lead makes the five other rooms. Then each
-        device in turn shares its room keys once, as a team that has been talking for a while has:
-        twenty clients starting their first Olm sessions with each other at the same instant is
-        matrix-nio's race (it claims one-time keys for a room while its sync claims them too), not
-        the server's load."""
+        device in turn shares its room keys once: the first Olm sessions between every pair of
+        devices (a one-time key claimed for each) are a team's set-up, done once, not the steady
+        load this measures."""
         mark = time.monotonic()
 
         def phase(name: str) -> None:
@@ -107,7 +106,7 @@ class Team:
             mark = time.monotonic()
 
         self.devices = [clients.Device(self.facts, name, self.work / name) for name in self.names]
-        # Four at a time: Synapse checks each password with bcrypt in a thread, one per vCPU.
+        # Four at a time: Synapse checks passwords with bcrypt in its thread pool (both vCPUs).
         for i in range(0, len(self.devices), 4):
             batch = zip(self.names[i : i + 4], self.devices[i : i + 4], strict=True)
             await asyncio.gather(*(device.login(passwords[name], "load") for name, device in batch))
