@@ -39,3 +39,10 @@ def get(facts: dict[str, Any]):
 @pytest.fixture(scope="session")
 def domain(facts: dict[str, Any]) -> str:
     return facts["domain"]
+
+
+@pytest.fixture(scope="session")
+def federation(facts: dict[str, Any]) -> dict[str, Any]:
+    """Whom the appliance federates with. Launched before the launch contract carried it (v4), an
+    appliance federates with anyone: its facts say nothing, and that is what they mean."""
+    return facts.get("federation") or {"open": True, "servers": [facts["domain"]]}

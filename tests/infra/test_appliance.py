@@ -224,11 +224,11 @@ def test_injected_secrets_are_the_ones_in_use(root_files, facts):
     assert root_files["/etc/outband/recorder/case.key"].strip() == secrets["case_key"]
 
 
-def test_synapse_config(root_files, domain, facts):
+def test_synapse_config(root_files, domain, federation):
     config = root_files["/etc/synapse/homeserver.yaml"]
-    team = facts["federation"]
-    listed = "federation_domain_whitelist: " + json.dumps(team["servers"])
-    assert (listed in config) is not team["open"] and ("federation_domain_whitelist" in config) is not team["open"]
+    listed = "federation_domain_whitelist: " + json.dumps(federation["servers"])
+    assert (listed in config) is not federation["open"]
+    assert ("federation_domain_whitelist" in config) is not federation["open"]
     assert "enable_registration: false" in config
     assert "report_stats: false" in config
     assert "turn_allow_guests: false" in config

@@ -40,12 +40,11 @@ def federation_request(facts: dict, domain: str, origin: str) -> https.Response:
     )
 
 
-def test_federation_is_with_the_team_only(facts, domain):
+def test_federation_is_with_the_team_only(facts, domain, federation):
     """Issue 18: a server outside the team is refused before its signature is even looked at
     (Synapse's federation_domain_whitelist: 403 "Federation denied"); a team member's request gets
     past the list to the signature check (here 401: the signature is made up). With
     --open-federation nobody is refused by the list."""
-    federation = facts["federation"]
     assert domain in federation["servers"]
     outsider = federation_request(facts, domain, "outsider.invalid")
     denied = outsider.status == 403 and "Federation denied" in outsider.json().get("error", "")
