@@ -24,7 +24,7 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 def _remote(record: Record, command: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
     """A command on the appliance as root (the case folder is the recorder's), its output as bytes."""
     return subprocess.run(
-        ["ssh", "-F", str(record.path("ssh_config")), ssh.alias(record.name), f"sudo {command}"],
+        ssh.argv(record, f"sudo {command}"),
         capture_output=True,
         timeout=timeout,
         check=False,

@@ -67,9 +67,15 @@ def write_config(record: Record, address: str, port: int, host_public_key: str) 
     return write_private(record.path("ssh_config"), config)
 
 
+def argv(record: Record, remote: str) -> list[str]:
+    """`ssh` to the appliance through its pinned config (known_hosts, key, connection sharing):
+    for callers that need their own subprocess (a stream, standard input, bytes)."""
+    return ["ssh", "-F", str(record.path("ssh_config")), alias(record.name), remote]
+
+
 def command(record: Record, remote: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["ssh", "-F", str(record.path("ssh_config")), alias(record.name), remote],
+        argv(record, remote),
         capture_output=True,
         text=True,
         timeout=timeout,

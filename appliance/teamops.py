@@ -207,7 +207,7 @@ def _journal(record: Record, follow: bool) -> Iterator[str]:
     """Synapse's journal on the appliance, as JSON lines, over the pinned SSH channel."""
     remote = "sudo journalctl -u synapse.service -o json --no-pager" + (" -f -n all" if follow else "")
     proc = subprocess.Popen(
-        ["ssh", "-F", str(record.path("ssh_config")), ssh.alias(record.name), remote],
+        ssh.argv(record, remote),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -38,7 +38,7 @@ class Sampler:
 
     def __init__(self, record: Record):
         self.proc = subprocess.Popen(
-            ["ssh", "-F", str(record.path("ssh_config")), ssh.alias(record.name), SAMPLE],
+            ssh.argv(record, SAMPLE),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ import pytest
 from nio import RoomEncryptedFile, RoomInviteResponse, RoomKickResponse, ToDeviceMessage, ToDeviceResponse
 from nio.crypto.attachments import decrypt_attachment
 
-from appliance import matrix
+from appliance import matrix, ssh
 from tests.conftest import REPO
 from tests.e2e import clients
 from tests.e2e.browser import Browsers, Loop, trusting_home
@@ -438,19 +438,7 @@ def case_day(day, owl_first, loop, tmp_path_factory, journey_appliance):
             assert isinstance(await lead_nio.client.to_device(message), ToDeviceResponse)
 
     def recorder(action: str) -> None:
-        done = subprocess.run(
-            [
-                "ssh",
-                "-F",
-                str(journey_appliance.path("ssh_config")),
-                f"outband-{APPLIANCE}",
-                f"sudo systemctl {action} outband-recorder.service",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = ssh.command(journey_appliance, f"sudo systemctl {action} outband-recorder.service", timeout=120)
         assert done.returncode == 0, done.stderr
 
     async def while_away() -> None:

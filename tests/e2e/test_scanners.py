@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from appliance import ssh
-from appliance.targets.local import SSH_PORT
 from tests.conftest import REPO
 from tests.e2e import clients
 from tests.e2e.conftest import REPORTS, facts, invoke
@@ -85,7 +84,7 @@ def test_ssh_audit_fails_no_algorithm(journey_appliance, record_property):
         pytest.fail("ssh-audit is not installed: scripts/install-deps installs it (Debian's package)")
     f = facts(journey_appliance)
     out = subprocess.run(
-        ["ssh-audit", "--no-colors", "--port", str(SSH_PORT), f["address"]],
+        ["ssh-audit", "--no-colors", "--port", str(f["ports"]["ssh"]), f["address"]],
         capture_output=True,
         text=True,
         timeout=120,
@@ -160,9 +159,8 @@ LYNIS_RUN = (
 
 def on_appliance(record, script: str, stdin: bytes | None = None, timeout: float = 300) -> str:
     """A shell script run as root on the appliance through the operator's pinned SSH channel."""
-    # appliance.ssh.command's channel (its config and alias), with standard input.
-    done = subprocess.run(
-        ["ssh", "-F", str(record.path("ssh_config")), ssh.alias(record.name), f"sudo sh -c {shlex.quote(script)}"],
+    done = subprocess.run(  # with standard input, which ssh.command does not take
+        ssh.argv(record, f"sudo sh -c {shlex.quote(script)}"),
         input=stdin if stdin is not None else b"",
         capture_output=True,
         timeout=timeout,
@@ -192,9 +190,8 @@ def lynis_scan(journey_appliance):
         "rm -rf /tmp/outband-lynis && mkdir -m 0700 /tmp/outband-lynis && tar -C /tmp/outband-lynis -xf -",
         stdin=bundle,
     )
-    channel = ["ssh", "-F", str(journey_appliance.path("ssh_config")), ssh.alias(journey_appliance.name)]
     scan = subprocess.Popen(
-        [*channel, f"sudo sh -c {shlex.quote(LYNIS_RUN)}"],
+        ssh.argv(journey_appliance, f"sudo sh -c {shlex.quote(LYNIS_RUN)}"),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
