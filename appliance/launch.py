@@ -43,11 +43,10 @@ def team_servers(s: Settings, members: tuple[str, ...]) -> tuple[str, ...]:
     store = Store(s.dirs.state)
     servers = []
     for member in members:
-        record = store.get(member) if "." not in member else None
-        if record is not None:
-            servers.append(record.data["domain"])
-        elif "." in member:
+        if "." in member:  # appliance names have no dot (contract.json's name pattern)
             servers.append(userdata.validate_domain(member))
+        elif record := store.get(member):
+            servers.append(record.data["domain"])
         else:
             die(
                 f"--federate-with {member}: no appliance of that name here, and not a server name",

@@ -61,7 +61,7 @@ class Team:
         self.attempted: dict[str, float] = {}  # body → when its send started (monotonic)
         self.acked: dict[str, str] = {}  # body → room id, for the sends the server answered 200
         self.refused: list[str] = []
-        self._syncing = asyncio.Event()
+        self._stop_syncing = asyncio.Event()
 
     # -- the operator's part (synchronous: accounts over the tunnel, then the real command) ---------
     def enrol(self, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -79,6 +79,7 @@ class Team:
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(register, self.names))
             self.recorder = api.user_id(matrix.RECORDER_ACCOUNT)
+        # Not tests.e2e.conftest.invoke: the bench runs this too, outside a test session's directories.
         made = subprocess.run(
             ["invoke", "control-room", "--name", self.record.name, "--members", ",".join(self.names)],
             cwd=REPO,
@@ -157,16 +158,16 @@ class Team:
 
     async def receive(self) -> None:
         """Every device long-polls /sync until `stop_receiving()` (as a client does while open)."""
-        self._syncing.clear()
+        self._stop_syncing.clear()
 
         async def loop(d: clients.Device) -> None:
-            while not self._syncing.is_set():
+            while not self._stop_syncing.is_set():
                 await d.sync(5000)
 
         await asyncio.gather(*(loop(d) for d in self.devices))
 
     def stop_receiving(self) -> None:
-        self._syncing.set()
+        self._stop_syncing.set()
 
     async def send(self, messages: int, interval_s: float, tag: str = "load") -> float:
         """Each device sends `messages`, one every `interval_s`, the devices staggered so that the
