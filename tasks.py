@@ -284,7 +284,7 @@ def audit(c: Context, follow: bool = False, system: bool = False, json: bool = F
 
 @task(name="turn-check", help={"name": APPLIANCE_HELP})
 def turn_check(c: Context, name: str | None = None) -> None:
-    """Real TURN allocation with Synapse's credentials; relaying into internal networks must be refused."""
+    """Real TURN allocations (UDP, and TLS on 5349) with Synapse's credentials; internal relays refused."""
     with command("turn-check", c) as s:
         teamops.turn_check(s, name or s.name)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 from appliance import audit as audit_mod
-from appliance import log, matrix, ssh
+from appliance import contract, log, matrix, ssh
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
 from appliance.state import Record, Store
@@ -266,13 +266,14 @@ def turn_check(s: Settings, appliance: str) -> None:
     facts = json.loads(record.path("facts.json").read_text())
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
-    relayed, results = turncheck.check(
-        facts["address"], facts["domain"], facts["acme_root"], api.token, facts["address"]
+    relayed, results, over_tls = turncheck.check(
+        facts["address"], facts["domain"], facts["acme_root"], api.token, facts["address"], contract.PORTS["turns"]
     )
     table = Table("peer", "expected", "coturn said")
     for r in results:
         table.add(r.peer, r.expected, r.outcome)
     log.out.print(f"allocation: relayed address {relayed}")
+    log.out.print(f"allocation over TLS ({over_tls.version}): relayed address {over_tls.relayed}")
     table.show()
     if not all(r.ok for r in results):
         die(

@@ -1,5 +1,6 @@
 """turn-check: TURN as a calling client sees it — credentials from Synapse, a real allocation on
-coturn, and proof that relaying into internal networks is refused.
+coturn over each URI Synapse hands out (UDP 3478, and TLS on 5349 through nginx), and proof that
+relaying into internal networks is refused.
 
 Credentials come from /_matrix/client/v3/voip/turnServer (what Element asks before a call). The
 allocation and CreatePermission requests use aioice's TURN client (long-term credentials, message
@@ -9,10 +10,11 @@ integrity). A CreatePermission only installs a permission on coturn: no packet g
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 from aioice import stun
-from aioice.turn import TurnClientUdpProtocol
+from aioice.turn import TurnClientTcpProtocol, TurnClientUdpProtocol
 
 from appliance import https
 from appliance.errors import ExitStatus, die
@@ -49,6 +51,36 @@ def turn_credentials(address: str, domain: str, ca_file: str, token: str) -> dic
     return r.json()
 
 
+@dataclass(frozen=True)
+class TlsAllocation:
+    relayed: str  # "address:port" coturn relays from
+    version: str  # the TLS version the client got on 5349, e.g. "TLSv1.3"
+
+
+async def allocate_over_tls(
+    server: tuple[str, int], server_name: str, ca_file: str, username: str, password: str
+) -> TlsAllocation:
+    """An allocation over TURN-over-TLS (turns:…?transport=tcp), the way a browser behind a
+    firewall that lets only TLS out makes one; the certificate is checked for the server's name."""
+    context = ssl.create_default_context(cafile=ca_file)
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_connection(
+        lambda: TurnClientTcpProtocol(
+            server, username=username, password=password, lifetime=600, channel_refresh_time=300
+        ),
+        *server,
+        ssl=context,
+        server_hostname=server_name,
+    )
+    try:
+        relayed_host, relayed_port = await protocol.connect()
+        version = transport.get_extra_info("ssl_object").version()
+        await protocol.delete()
+        return TlsAllocation(f"{relayed_host}:{relayed_port}", version)
+    finally:
+        transport.close()
+
+
 async def _check(server: tuple[str, int], username: str, password: str, allowed_peer: str) -> tuple[str, list]:
     # aioice's TURN client protocol directly: its public connect()/request_with_retry() let us send
     # CreatePermission and read coturn's error codes (the TurnTransport wrapper hides them).
@@ -80,13 +112,20 @@ async def _check(server: tuple[str, int], username: str, password: str, allowed_
         transport.close()
 
 
-def check(address: str, domain: str, ca_file: str, token: str, public_ip: str) -> tuple[str, list[PeerResult]]:
+def check(
+    address: str, domain: str, ca_file: str, token: str, public_ip: str, turns_port: int
+) -> tuple[str, list[PeerResult], TlsAllocation]:
     creds = turn_credentials(address, domain, ca_file, token)
-    if not any(u.startswith("turn:") and "transport=udp" in u for u in creds["uris"]):
-        die(f"no UDP TURN URI among {creds['uris']}", hint="check turn_uris", status=ExitStatus.VERIFY_FAILED)
+    for scheme, transport in (("turn:", "transport=udp"), ("turns:", "transport=tcp")):
+        if not any(u.startswith(scheme) and transport in u for u in creds["uris"]):
+            die(
+                f"no {scheme}…?{transport} URI among {creds['uris']}",
+                hint="check turn_uris",
+                status=ExitStatus.VERIFY_FAILED,
+            )
     # The URIs name matrix.D; on this machine that is the appliance's own address.
     try:
-        return asyncio.run(
+        relayed, peers = asyncio.run(
             asyncio.wait_for(_check((address, 3478), creds["username"], creds["password"], public_ip), timeout=60)
         )
     except (ConnectionError, stun.TransactionError, TimeoutError) as e:
@@ -95,3 +134,19 @@ def check(address: str, domain: str, ca_file: str, token: str, public_ip: str) -
             hint="is coturn running? `invoke verify`",
             status=ExitStatus.VERIFY_FAILED,
         )
+    try:
+        over_tls = asyncio.run(
+            asyncio.wait_for(
+                allocate_over_tls(
+                    (address, turns_port), f"matrix.{domain}", ca_file, creds["username"], creds["password"]
+                ),
+                timeout=60,
+            )
+        )
+    except (OSError, stun.TransactionError, TimeoutError) as e:  # ssl.SSLError is an OSError
+        die(
+            f"TURN allocation over TLS on {address}:{turns_port} failed: {e!r}",
+            hint="nginx terminates TLS there and passes TURN to coturn on 127.0.0.1:3478; `invoke verify`",
+            status=ExitStatus.VERIFY_FAILED,
+        )
+    return relayed, peers, over_tls

@@ -50,7 +50,7 @@ def firewall_rules(operator_cidr: str) -> tuple[list[dict], list[dict]]:
     ]
     inbound += [
         {"protocol": "udp", "ports": port, "sources": {"addresses": EVERYWHERE}}
-        for port in (str(p["turn"]), str(p["turns"]), relay)
+        for port in (str(p["turn"]), relay)  # TURN over TLS is TCP only (no DTLS listener)
     ]
     # ICMP without ports: DigitalOcean's API description requires `ports` in every rule, the live
     # API does not take them for ICMP (the one known difference, ../shared/digitalocean/README.md).

@@ -61,7 +61,7 @@ def firstboot_outcome(serial_log: Path) -> str | None:
 def forwards() -> list[qemu.Forward]:
     ports = contract.PORTS
     tcp = [qemu.Forward("tcp", ports[k], ports[k]) for k in ("http", "https", "federation", "turn", "turns")]
-    udp = [qemu.Forward("udp", p, p) for p in (ports["turn"], ports["turns"], *contract.RELAY_PORTS)]
+    udp = [qemu.Forward("udp", p, p) for p in (ports["turn"], *contract.RELAY_PORTS)]  # no DTLS on turns
     return [qemu.Forward("tcp", SSH_PORT, ports["ssh"]), *tcp, *udp]
 
 

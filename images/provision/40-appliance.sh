@@ -12,6 +12,11 @@ chmod 0644 /usr/local/lib/outband/synapse-start.py /usr/local/lib/outband/contra
   /usr/local/lib/outband/recorder.py
 chmod 0644 /etc/systemd/system/*.service
 install -d -o root -g root -m 0700 /etc/outband
+# nginx's stream servers (TURN over TLS, rendered at first boot once the certificate exists) sit
+# beside http{}, in the main context, which Debian's nginx.conf opens to modules only.
+install -d -m 0755 /etc/nginx/streams-enabled
+grep -qx 'include /etc/nginx/streams-enabled/\*.conf;' /etc/nginx/nginx.conf ||
+  printf '\n# Outband: stream servers (TURN over TLS)\ninclude /etc/nginx/streams-enabled/*.conf;\n' >> /etc/nginx/nginx.conf
 # The firewall and cloud-init's settings, from their templates and the contract's constants.
 /usr/local/lib/outband/render-static
 # One boot contract on every path, whatever the starting image had: the SSH user the launcher logs

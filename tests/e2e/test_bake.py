@@ -142,7 +142,8 @@ def test_image_firewall_is_default_drop_with_only_the_designed_ports(bare):
     for fragment in (
         "tcp dport 22 accept",
         "tcp dport { 80, 443, 8448 } accept",
-        "th dport { 3478, 5349 } accept",
+        "tcp dport { 3478, 5349 } accept",
+        "udp dport 3478 accept",
         "udp dport 49152-49171 accept",
     ):
         assert fragment in chain, fragment

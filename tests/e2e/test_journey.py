@@ -297,6 +297,8 @@ def test_turn_allocation_works_and_internal_relays_are_refused(day):
     result = invoke("turn-check", "--name", APPLIANCE, check=False)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "relayed address" in result.stdout
+    # TURN over TLS, through nginx's stream module to coturn, with TLS 1.3 (issue 19)
+    assert "allocation over TLS (TLSv1.3): relayed address" in result.stdout, result.stdout
     for peer in ("127.0.0.1", "10.0.0.1", "169.254.169.254"):
         line = next(x for x in result.stdout.splitlines() if x.startswith(f"{peer}\t"))
         assert "refused (403" in line, line

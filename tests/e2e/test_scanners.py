@@ -27,10 +27,6 @@ from tests.e2e.conftest import REPORTS, facts, invoke
 
 pytestmark = pytest.mark.vm
 
-# coturn 4.6.1 (Debian 13's) has no TLS 1.3 on its TLS listener: that came with coturn 4.6.2
-# (coturn#989, #1171). SECURITY.md lists it; the scan records what it finds.
-TLS13_EXPECTED = {443: True, 8448: True, 5349: False}
-
 
 def sslscan(address: str, port: int, sni: str) -> ET.Element:
     if shutil.which("sslscan") is None:
@@ -67,7 +63,9 @@ def test_a_tls_scanner_finds_only_ecdhe_aead_suites_and_no_old_protocol(journey_
     suites = [(c.get("sslversion"), c.get("cipher")) for c in report.iter("cipher")]
     record_property("measured", f"sslscan {port}: " + " ".join(f"{v}:{c}" for v, c in suites))
     assert protocols["tls1.2"] and not any(protocols[p] for p in ("ssl2", "ssl3", "tls1.0", "tls1.1")), protocols
-    assert protocols["tls1.3"] is TLS13_EXPECTED[port], protocols
+    # TLS 1.3 on 5349 too: nginx's stream module terminates it in front of coturn (Debian's 4.6.1
+    # cannot offer it); the allocation behind it: tests/infra's test_turn_over_tls_allocates_…
+    assert protocols["tls1.3"], protocols
     tls12 = [c for v, c in suites if v == "TLSv1.2"]
     assert tls12, suites
     weak = [c for c in tls12 if not (c.startswith("ECDHE-") and ("-GCM-" in c or c.endswith("CHACHA20-POLY1305")))]

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import socket
 import ssl
 import struct
 import time
+from pathlib import Path
 
 import pytest
 import signedjson.key
 import signedjson.sign
 
-from appliance import https
+from appliance import https, turncheck
 
 
 def test_client_api_on_443(get, domain):
@@ -184,3 +190,22 @@ def test_turn_accepts_tcp(facts, port):
 def test_turns_speaks_tls_with_the_appliance_certificate(facts, domain):
     peer = https.peer_certificate(facts["address"], 5349, f"matrix.{domain}", facts["acme_root"])
     assert peer["version"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_turn_over_tls_allocates_behind_the_handshake(facts, domain):
+    """5349 is nginx's TLS in front of coturn: a handshake alone would pass with coturn down. A real
+    allocation over TLS 1.3 proves the whole path. The credentials are made from the launch's TURN
+    secret the way Synapse makes them (TURN REST: "expiry:user", HMAC-SHA1 of it, base64)."""
+    secret = json.loads(Path(facts["secrets_file"]).read_text())["turn"]
+    username = f"{int(time.time()) + 600}:outband-verify"
+    password = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+    allocation = asyncio.run(
+        asyncio.wait_for(
+            turncheck.allocate_over_tls(
+                (facts["address"], 5349), f"matrix.{domain}", facts["acme_root"], username, password
+            ),
+            timeout=60,
+        )
+    )
+    assert allocation.version == "TLSv1.3"
+    assert allocation.relayed.rsplit(":", 1)[1].isdigit()

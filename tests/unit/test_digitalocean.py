@@ -124,7 +124,6 @@ def test_launch_sends_exactly_the_resources_the_design_names(target, sim, health
         ("tcp", "3478"),
         ("tcp", "5349"),
         ("udp", "3478"),
-        ("udp", "5349"),
         ("udp", "49152-49171"),
         ("icmp", None),
     }

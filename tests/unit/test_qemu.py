@@ -35,8 +35,9 @@ def test_every_forward_listens_on_the_appliance_address_only(tmp_path):
     assert "hostfwd=tcp:127.0.100.7:2222-:22" in rules
     for port in (80, 443, 8448, 3478, 5349):
         assert f"hostfwd=tcp:127.0.100.7:{port}-:{port}" in rules
-    for port in (3478, 5349, 49152, 49171):
+    for port in (3478, 49152, 49171):
         assert f"hostfwd=udp:127.0.100.7:{port}-:{port}" in rules
+    assert "hostfwd=udp:127.0.100.7:5349-:5349" not in rules  # TURN over TLS is TCP only
 
 
 def test_seed_is_an_ejectable_cdrom(tmp_path):

@@ -162,11 +162,11 @@ def discover_addresses(c: dict) -> None:
     reachable by root only), and the machine's own address where it differs (behind a 1:1 NAT:
     coturn must know both to hand out relay addresses that work)."""
     discover_public_ip(c)
-    if c.get("public_ip") and not c.get("private_ip"):
+    if not c.get("private_ip"):
         own = own_ipv4()
-        if own and own != c["public_ip"]:
+        if own and own != c.get("public_ip"):
             c["private_ip"] = own
-            say(f"this machine's own address is {own}, its public one {c['public_ip']}")
+            say(f"this machine's own address is {own}, its public one {c.get('public_ip') or 'unknown'}")
 
 
 def discover_public_ip(c: dict) -> None:
@@ -244,6 +244,12 @@ def render_site(c: dict, env: jinja2.Environment, tls: bool) -> None:
     enabled = Path("/etc/nginx/sites-enabled/outband.conf")
     if not enabled.exists():
         enabled.symlink_to(site)
+    if tls:  # TURN over TLS: nothing to serve on 5349 before the certificate exists
+        write(
+            Path("/etc/nginx/streams-enabled/outband-turns.conf"),
+            env.get_template("nginx-turns.conf.j2").render(domain=c["domain"], ports=CONSTANTS["ports"]),
+            mode=0o644,
+        )
 
 
 DATABASE_WAIT_SECONDS = 120
@@ -460,8 +466,8 @@ def configure() -> str:
     certificate.finish()
     render_site(c, env, tls=True)
     run("nginx", "-t", "-q")
-    # The same hook as every renewal (certbot runs it only on renewals): coturn's copy of the
-    # certificate, and one nginx reload, now onto the TLS site.
+    # The same hook as every renewal (certbot runs it only on renewals): one nginx reload, now onto
+    # the TLS site and TURN over TLS.
     run("/etc/letsencrypt/renewal-hooks/deploy/outband")
     MARKER.parent.mkdir(parents=True, exist_ok=True)
     MARKER.write_text(c["domain"] + "\n")
