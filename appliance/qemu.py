@@ -188,6 +188,8 @@ class VmSpec:
     pidfile: Path
     kernel: Path | None = None  # the image's kernel: direct boot (fast); None: firmware and GRUB
     contract: bool = False  # the seed carries a launch contract (not a bare boot)
+    # The local target's segment between appliances (appliance/localnet.py): ("group:port", MAC).
+    segment: tuple[str, str] | None = None
 
 
 def argv(spec: VmSpec) -> list[str]:
@@ -220,6 +222,14 @@ def argv(spec: VmSpec) -> list[str]:
         "-device",
         "virtio-net-pci,netdev=net0",
     ]
+    if spec.segment is not None:
+        mcast, mac = spec.segment
+        args += [
+            "-netdev",
+            f"socket,id=net1,mcast={mcast},localaddr=127.0.0.1",
+            "-device",
+            f"virtio-net-pci,netdev=net1,mac={mac}",
+        ]
     disk = f"file={spec.disk},format=qcow2,discard=unmap,cache=writeback"
     if spec.kernel is not None:
         cmdline = list(KERNEL_CMDLINE)

@@ -75,11 +75,19 @@ def contract(
     await_dns: bool = False,
     federation: tuple[str, ...] = (),
     open_federation: bool = False,
+    federation_ca_pem: str | None = None,
+    appliance_network: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`await_dns`: first boot waits until the names resolve to the appliance before asking for the
     certificate (a cloud, where DNS records can only be made once the machine has its address).
     `federation`: the other server names this one federates with (its team); nobody else unless
-    `open_federation`."""
+    `open_federation`. `federation_ca_pem`: the only CA trusted for federation (the local target's
+    ACME root; a cloud's appliances have publicly trusted certificates). `appliance_network`: the
+    local target's network between appliances (appliance/localnet.py)."""
+    team: dict[str, Any] = {"open": open_federation, "servers": sorted({domain, *federation})}
+    if federation_ca_pem:
+        team["ca_pem"] = federation_ca_pem
+    extra = {"appliance_network": appliance_network} if appliance_network else {}
     return validate(
         {
             "schema": contract_file.SCHEMA_VERSION,
@@ -90,7 +98,8 @@ def contract(
             "public_ip": public_ip,
             "private_ip": private_ip,
             "secrets": launch_secrets.as_dict(),
-            "federation": {"open": open_federation, "servers": sorted({domain, *federation})},
+            "federation": team,
+            **extra,
         }
     )
 

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from appliance import contract, https, images, log, pebble, qemu, ssh, userdata
+from appliance import contract, https, images, localnet, log, pebble, qemu, ssh, userdata
 from appliance.cache import Cache
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
@@ -193,7 +193,12 @@ class LocalTarget:
                 ca = pebble.ensure(self.s.dirs.state)
                 record.set(dns_registered=True)
                 pebble.add_names(self.s.dirs.state, names(spec.domain), address)
-                write_private(record.path("acme-root.pem"), ca.root_pem())
+                root = ca.root_pem()
+                write_private(record.path("acme-root.pem"), root)
+            with common.step(record, "The appliances' own network and its DNS names"):
+                segment = localnet.ensure(self.s.dirs.state)
+                record.set(segment=True)
+                localnet.add_names(self.s.dirs.state, names(spec.domain), localnet.address(address))
             contract_ = userdata.contract(
                 spec.name,
                 spec.domain,
@@ -205,6 +210,9 @@ class LocalTarget:
                 private_ip="10.0.2.15",
                 federation=spec.federation,
                 open_federation=spec.open_federation,
+                # The other appliances' certificates come from the same local ACME CA.
+                federation_ca_pem=root,
+                appliance_network=localnet.contract_part(address, segment, list(spec.federation)),
             )
             text = userdata.render(contract_, host_key, operator.public_openssh)
             record.set(federation=contract_["federation"])  # the team, kept for verify and later changes
@@ -214,7 +222,7 @@ class LocalTarget:
         with common.step(record, f"Start the VM on {address} ({accel})"):
             own_base(image, record)
             qemu.overlay(record.path(BASE), record.path("disk.qcow2"))
-            vm = self.vm_spec(record, address, accel, seed=True, contract=not spec.bare)
+            vm = self.vm_spec(record, address, accel, seed=True, contract=not spec.bare, segment=not spec.bare)
             pid = qemu.start(vm, record.path("qemu.log"))
             record.set(pid=pid)
         title = "Boot" + ("" if spec.bare else " and first-boot configuration (SSH, certificate, Synapse)")
@@ -228,7 +236,10 @@ class LocalTarget:
         record.data.pop("step", None)
         record.save()
 
-    def vm_spec(self, record: Record, address: str, accel: str, seed: bool, contract: bool = False) -> qemu.VmSpec:
+    def vm_spec(
+        self, record: Record, address: str, accel: str, seed: bool, contract: bool = False, segment: bool = False
+    ) -> qemu.VmSpec:
+        mcast = localnet.ensure(self.s.dirs.state).mcast if segment else None
         return qemu.VmSpec(
             name=record.name,
             disk=record.path("disk.qcow2"),
@@ -243,6 +254,7 @@ class LocalTarget:
             pidfile=record.path("qemu.pid"),
             kernel=self.kernel(record),
             contract=contract,
+            segment=(mcast, localnet.mac(address)) if mcast else None,
         )
 
     @staticmethod
@@ -384,8 +396,11 @@ class LocalTarget:
             # After a host restart the local DNS is empty again (it holds its names in memory).
             pebble.ensure(self.s.dirs.state)
             pebble.add_names(self.s.dirs.state, names(record.data["domain"]), address)
+            if record.data.get("segment"):
+                self.register_segment_names()
         with common.step(record, f"Start the VM on {address} ({accel})"):
-            pid = qemu.start(self.vm_spec(record, address, accel, seed=False), record.path("qemu.log"))
+            vm = self.vm_spec(record, address, accel, seed=False, segment=bool(record.data.get("segment")))
+            pid = qemu.start(vm, record.path("qemu.log"))
             record.set(pid=pid, accel=accel)
         with common.step(record, "Boot (the appliance is configured: its services start by themselves)"):
             self.wait_healthy(record, pid, configured=True)
@@ -402,10 +417,22 @@ class LocalTarget:
             qemu.stop(int(pid), record.path("qmp.sock"))
         if record.data.get("dns_registered"):
             pebble.remove_names(self.s.dirs.state, record.data.get("names", []))
+        if record.data.get("segment"):
+            localnet.remove_names(self.s.dirs.state, record.data.get("names", []))
         self.store.remove(record)
         # The local ACME CA serves every local appliance; it goes with the last one that used it.
         if not any(r.target == self.name and r.data.get("dns_registered") for r in self.store.all()):
             pebble.stop(self.s.dirs.state)
+        if not any(r.target == self.name and r.data.get("segment") for r in self.store.all()):
+            localnet.stop(self.s.dirs.state)
+
+    def register_segment_names(self) -> None:
+        """Every local appliance's names on their network (after a host restart its DNS is empty:
+        it holds them in memory); the ones still running need them to reach the one starting."""
+        localnet.ensure(self.s.dirs.state)
+        for r in self.store.all():
+            if r.target == self.name and r.data.get("segment") and r.data.get("address"):
+                localnet.add_names(self.s.dirs.state, r.data.get("names", []), localnet.address(r.data["address"]))
 
     def status(self, record: Record) -> str:
         pid = record.data.get("pid")

@@ -47,9 +47,13 @@ def test_render(env, fixture):
 def test_homeserver_yaml_is_valid_yaml(env):
     import yaml
 
-    def render(whitelist: list[str] | None) -> dict:
+    def render(whitelist: list[str] | None, ca: str | None = None, ips: tuple[str, ...] = ()) -> dict:
         text = env.get_template("homeserver.yaml.j2").render(
-            domain="a.example.org", federation_whitelist=whitelist, **SHARED
+            domain="a.example.org",
+            federation_whitelist=whitelist,
+            federation_ca=ca,
+            federation_allowed_ips=list(ips),
+            **SHARED,
         )
         return yaml.safe_load(text)
 
@@ -57,7 +61,11 @@ def test_homeserver_yaml_is_valid_yaml(env):
     assert config["listeners"][0]["bind_addresses"] == ["127.0.0.1"]
     assert config["database"]["args"]["host"] == "127.0.0.1"
     assert config["federation_domain_whitelist"] == ["a.example.org", "b.example.net"]
+    assert "federation_custom_ca_list" not in config and "ip_range_whitelist" not in config  # a cloud's
     assert "federation_domain_whitelist" not in render(None)  # --open-federation
+    local = render(["a.example.org"], "/etc/synapse/federation-ca.pem", ("10.77.0.0/24",))  # the local target's
+    assert local["federation_custom_ca_list"] == ["/etc/synapse/federation-ca.pem"]
+    assert local["ip_range_whitelist"] == ["10.77.0.0/24"]
 
 
 def test_templates_fail_loudly_on_a_missing_value(env):

@@ -53,7 +53,11 @@ def test_the_database_address_is_the_one_first_boot_configures():
     env = firstboot.template_env()
     config = yaml.safe_load(
         env.get_template("homeserver.yaml.j2").render(
-            domain="a.test", ports=firstboot.CONSTANTS["ports"], federation_whitelist=["a.test"]
+            domain="a.test",
+            ports=firstboot.CONSTANTS["ports"],
+            federation_whitelist=["a.test"],
+            federation_ca=None,
+            federation_allowed_ips=[],
         )
     )
     assert start.database_address(config) == ("127.0.0.1", 5432)

@@ -14,6 +14,7 @@ No secret is ever printed or passed on a command line.
 from __future__ import annotations
 
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -206,7 +207,14 @@ def render_configs(c: dict, env: jinja2.Environment) -> None:
         "relay": CONSTANTS["relay_ports"],
         # None: open federation; else the only server names Synapse federates with (its team's).
         "federation_whitelist": None if c["federation"]["open"] else c["federation"]["servers"],
+        "federation_ca": str(FEDERATION_CA) if c["federation"].get("ca_pem") else None,
+        # Synapse refuses to contact private addresses; the other appliances' are on the segment.
+        "federation_allowed_ips": [str(ipaddress.ip_interface(c["appliance_network"]["address"]).network)]
+        if c.get("appliance_network")
+        else [],
     }
+    if c["federation"].get("ca_pem"):
+        write(FEDERATION_CA, c["federation"]["ca_pem"], "root", "synapse", 0o644)
     write(Path("/etc/synapse/log.yaml"), env.get_template("log.yaml.j2").render(values), "root", "synapse", 0o640)
     write(
         Path("/etc/turnserver.conf"),
@@ -250,6 +258,43 @@ def render_site(c: dict, env: jinja2.Environment, tls: bool) -> None:
             env.get_template("nginx-turns.conf.j2").render(domain=c["domain"], ports=CONSTANTS["ports"]),
             mode=0o644,
         )
+
+
+# The local target's segment between appliances (appliance/localnet.py says why it exists).
+SEGMENT_NETWORK = Path("/etc/systemd/network/20-outband-appliances.network")
+# cloud-init renders the uplink (qemu's user network) as this file; a drop-in adds to it.
+UPLINK_DROPIN = Path("/etc/systemd/network/10-cloud-init-eth0.network.d/outband-appliances.conf")
+RESOLVED_DROPIN = Path("/etc/systemd/resolved.conf.d/outband-appliances.conf")
+FEDERATION_CA = Path("/etc/synapse/federation-ca.pem")
+
+
+def join_appliance_network(c: dict) -> None:
+    """The second NIC gets its address on the segment, and the other appliances' names resolve
+    there. systemd-resolved sends a name to the scopes whose routing domains match it, and every
+    other name to the default-route scopes, the global one always among them. So the appliances'
+    DNS is the uplink's, for their domains only (the uplink then routes nothing else), and the
+    uplink's own DNS server becomes the global one, for everything else. Not the other way round:
+    the appliances' DNS answers "no such record" for any name it was not told, and an answer from
+    a default-route scope ends a lookup."""
+    net = c.get("appliance_network")
+    if not net:
+        return
+    write(
+        SEGMENT_NETWORK,
+        f"[Match]\nMACAddress={net['mac']}\n\n[Link]\nRequiredForOnline=no\n\n"
+        f"[Network]\nAddress={net['address']}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
+        mode=0o644,
+    )
+    routing = " ".join(f"~{d}" for d in net["domains"])
+    write(
+        UPLINK_DROPIN,
+        f"[Network]\nDNS={net['resolver']}\nDomains={routing}\n\n[DHCPv4]\nUseDNS=no\n\n[IPv6AcceptRA]\nUseDNS=no\n",
+        mode=0o644,
+    )
+    UPLINK_DROPIN.parent.chmod(0o755)
+    write(RESOLVED_DROPIN, f"[Resolve]\nDNS={net['upstream']}\n", mode=0o644)
+    run("networkctl", "reload")
+    run("systemctl", "restart", "systemd-resolved.service")
 
 
 DATABASE_WAIT_SECONDS = 120
@@ -447,6 +492,8 @@ FAILED = CONSTANTS["console"]["failed"]
 
 def configure() -> str:
     c = load_contract()
+    # First: it reloads the uplink's configuration, which nothing may be using yet.
+    join_appliance_network(c)
     discover_addresses(c)
     env = template_env()
     render_site(c, env, tls=False)
