@@ -11,9 +11,11 @@ from appliance import case as case_mod
 from appliance import launch as launch_mod
 from appliance import lock as lock_mod
 from appliance import log, reproduce, teamops
+from appliance import team as team_mod
 from appliance import verify as verify_mod
 from appliance.cache import Cache
 from appliance.cli import command, quiet_broken_pipes, strict_positionals
+from appliance.errors import ExitStatus, die
 
 # `invoke TASK --help` shows the help and never runs the task; a value never starts with "-".
 strict_positionals()
@@ -100,6 +102,23 @@ def launch(
             open_federation=open_federation,
         )
         launch_mod.print_summary(record)
+
+
+@task(
+    name="federate",
+    help={
+        "name": "appliance name (default: outband.name)",
+        "with": "comma-separated servers to add to its team: appliance names from `invoke ls` (they add it"
+        " to theirs too), or server names elsewhere",
+    },
+)
+def federate(c: Context, name: str | None = None, with_: str = "") -> None:
+    """Add servers to a running appliance's team (Synapse restarts; no relaunch)."""
+    members = tuple(m.strip() for m in with_.split(",") if m.strip())
+    with command("federate", c) as s:
+        if not members:
+            die("name the servers to add", hint="pass --with b or --with b,chat.example.org", status=ExitStatus.USAGE)
+        team_mod.federate(s, name or s.name, members, launch_mod.team_servers)
 
 
 @task(help={"name": "appliance name (default: outband.name)"})
@@ -252,12 +271,20 @@ def user_reset_password(c: Context, user: str, name: str | None = None) -> None:
         "members": "comma-separated account names (the lead included)",
         "lead": "the admin account that owns the room (default: the first admin among the members)",
         "name": APPLIANCE_HELP,
+        "servers": "comma-separated appliances of one team: #control spans them (made on --name's), the"
+        " members found on each are invited, each one's lead joins with power 100 and an alias there",
     },
 )
-def control_room(c: Context, members: str, lead: str | None = None, name: str | None = None) -> None:
+def control_room(c: Context, members: str, lead: str | None = None, name: str | None = None, servers: str = "") -> None:
     """The encrypted, invite-only #control room, owned by the lead, with these members (idempotent)."""
     with command("control-room", c) as s:
-        teamops.control_room(s, name or s.name, [m.strip() for m in members.split(",") if m.strip()], lead)
+        teamops.control_room(
+            s,
+            name or s.name,
+            [m.strip() for m in members.split(",") if m.strip()],
+            lead,
+            [x.strip() for x in servers.split(",") if x.strip()],
+        )
 
 
 @task(name="members", help={"room": "alias or id (default: control)", "json": JSON_HELP, "name": APPLIANCE_HELP})
@@ -316,6 +343,7 @@ rooms = Collection("room", room_members)
 ns = Collection(
     bake,
     launch,
+    federate,
     verify,
     stop,
     start,

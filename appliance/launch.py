@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from appliance import case, log, targets, userdata
+from appliance import case, log, targets, team, userdata
 from appliance.config import Settings
 from appliance.errors import ExitStatus, die
 from appliance.images import Image
@@ -34,7 +34,10 @@ def launch(
         federation=team_servers(s, federate_with),
         open_federation=open_federation,
     )
-    return target.launch(spec, keep_on_failure=keep_on_failure)
+    record = target.launch(spec, keep_on_failure=keep_on_failure)
+    # The team's appliances here, running already, take the newcomer into their own lists.
+    team.welcome(s, record, federate_with)
+    return record
 
 
 def team_servers(s: Settings, members: tuple[str, ...]) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ set -eu
 cp -r "$OUTBAND_STAGE/files/." /
 chmod 0755 /usr/local/lib/outband/firstboot.py /usr/local/lib/outband/render-static \
   /usr/local/lib/outband/restore-ipv6ll /usr/local/lib/outband/pg-identity \
-  /usr/local/lib/outband/recorder-account \
+  /usr/local/lib/outband/recorder-account /usr/local/lib/outband/federation-team \
   /etc/letsencrypt/renewal-hooks/deploy/outband
 chmod 0644 /usr/local/lib/outband/synapse-start.py /usr/local/lib/outband/contract.json \
   /usr/local/lib/outband/recorder.py
