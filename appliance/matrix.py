@@ -334,6 +334,53 @@ def control_room_power(room_version: str, lead: str, admins: list[str]) -> dict[
 CONTROL_ENCRYPTION = {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_msgs": 1}
 
 
+def ensure_power(admin: Admin, room_id: str, wanted: dict[str, int]) -> bool:
+    """Raise these users to these power levels in the room (never lower anyone), as its creator;
+    True if the power levels changed. A creator in room version 12 is above the levels: left out."""
+    creator = admin.room_creator(room_id)
+    path = f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels"
+    with admin.as_user(creator) as token:
+        levels = admin.check(*admin.request("GET", path, token=token), "power levels")
+        _, create = admin.request("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.create", token=token)
+        above = {creator} if create.get("room_version") == "12" else set()
+        users = dict(levels.get("users", {}))
+        raise_ = {
+            u: p for u, p in wanted.items() if u not in above and users.get(u, levels.get("users_default", 0)) < p
+        }
+        if not raise_:
+            return False
+        admin.check(*admin.request("PUT", path, {**levels, "users": {**users, **raise_}}, token=token), "power levels")
+    return True
+
+
+def join_and_alias(admin: Admin, lead: str, room_id: str, via: str) -> None:
+    """On another server of the team: its lead joins the room (invited already; `via` is the server
+    that made it) and gives it this server's alias, #control:<this server>. Idempotent."""
+    alias = f"#{CONTROL_ALIAS}:{admin.domain}"
+    with admin.as_user(lead) as token:
+        admin.check(
+            *admin.request(
+                "POST", f"/_matrix/client/v3/join/{quote(room_id)}?server_name={quote(via)}", {}, token=token
+            ),
+            f"{lead} joins {room_id}",
+        )
+        existing = admin.resolve_alias(alias)
+        if existing == room_id:
+            return
+        if existing is not None:
+            die(
+                f"{alias} already names another room ({existing})",
+                hint=f"remove that alias on {admin.domain} first (a #control made there alone)",
+                status=ExitStatus.USAGE,
+            )
+        admin.check(
+            *admin.request(
+                "PUT", f"/_matrix/client/v3/directory/room/{quote(alias)}", {"room_id": room_id}, token=token
+            ),
+            f"alias {alias}",
+        )
+
+
 def ensure_control_room(admin: Admin, lead: str, members: list[str], admins: list[str]) -> tuple[str, list[str], bool]:
     """An encrypted, invite-only #control room owned by `lead`, with these members invited;
     idempotent (a re-run invites who is missing). Returns (room id, who was invited, created?)."""

@@ -6,6 +6,8 @@ JSON with --json.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import shlex
@@ -112,12 +114,18 @@ def user_reset_password(s: Settings, appliance: str, user: str) -> None:
     print(f"password: {password}")
 
 
-def control_room(s: Settings, appliance: str, members: list[str], lead: str | None) -> None:
+def control_room(
+    s: Settings, appliance: str, members: list[str], lead: str | None, servers: list[str] | None = None
+) -> None:
     record = _record(s, appliance)
     for m in members:
         matrix.validate_localpart(m)
     if not members:
         die("no members given", hint="pass --members lead,fox,owl", status=ExitStatus.USAGE)
+    others = [name for name in dict.fromkeys(servers or []) if name != appliance]
+    if others:
+        _control_room_across(record, [_record(s, name) for name in others], members, lead)
+        return
     with matrix.tunnel(record) as base:
         api = matrix.admin_session(record, base)
         accounts = {u["name"]: u for u in api.users(include_deactivated=False)}
@@ -155,6 +163,90 @@ def control_room(s: Settings, appliance: str, members: list[str], lead: str | No
 
 
 RECORDER_WAIT_SECONDS = 120
+
+
+@dataclasses.dataclass
+class _Server:
+    """One appliance of a team, as control-room --servers sees it: its members and its lead."""
+
+    record: Record
+    api: matrix.Admin
+    members: list[str]  # user IDs of the named accounts that exist there
+    admins: list[str]
+    lead: str | None
+    recorder: str = ""
+
+
+def _team_server(record: Record, api: matrix.Admin, members: list[str], lead: str | None) -> _Server:
+    accounts = {u["name"]: u for u in api.users(include_deactivated=False)}
+    present = [api.user_id(m) for m in members if api.user_id(m) in accounts]
+    admins = [u for u in present if accounts[u].get("admin")]
+    wanted = api.user_id(lead) if lead else None
+    owner = wanted if wanted in admins else (admins[0] if admins else None)
+    return _Server(record, api, present, admins, owner)
+
+
+def _require_team(record: Record, team: list[Record]) -> None:
+    """Each appliance must federate with every other one (or with anyone)."""
+    federation = record.data.get("federation") or {}
+    if federation.get("open"):
+        return
+    missing = [o for o in team if o.data["domain"] not in federation.get("servers", [])]
+    if missing:
+        die(
+            f"{record.name} does not federate with {', '.join(o.data['domain'] for o in missing)}",
+            hint=f"`invoke federate --name {record.name} --with {','.join(o.name for o in missing)}`",
+            status=ExitStatus.USAGE,
+        )
+
+
+def _control_room_across(home: Record, others: list[Record], members: list[str], lead: str | None) -> None:
+    """#control made on `home` (or found there) with the team's members on every server invited;
+    each server's lead joins, holds power 100 and gives the room an alias on its own server; each
+    server's case recorder is a member. Idempotent: a re-run adds only what is missing."""
+    with contextlib.ExitStack() as stack:
+        servers = []
+        team = [home, *others]
+        for record in team:
+            _require_team(record, team)
+            api = matrix.admin_session(record, stack.enter_context(matrix.tunnel(record)))
+            servers.append(_team_server(record, api, members, lead))
+        found = {u.split(":", 1)[0][1:] for server in servers for u in server.members}
+        unknown = [m for m in members if m not in found]
+        if unknown:
+            die(
+                f"no such active account on any of the servers: {', '.join(unknown)}",
+                hint="create them first with `invoke user.add NAME --name APPLIANCE`",
+                status=ExitStatus.USAGE,
+            )
+        leaderless = [sv.record.name for sv in servers if sv.lead is None]
+        if leaderless:
+            die(
+                f"no lead on {', '.join(leaderless)}: each server's lead (an admin among the members) holds the room",
+                hint="add one with `invoke user.add NAME --admin --name APPLIANCE`",
+                status=ExitStatus.USAGE,
+            )
+        for sv in servers:
+            sv.recorder = _await_recorder(sv.api)
+        origin = servers[0]
+        everyone = [u for sv in servers for u in [*sv.members, sv.recorder]]
+        admins = [u for sv in servers for u in sv.admins]
+        room_id, invited, created = matrix.ensure_control_room(origin.api, origin.lead, everyone, admins)
+        matrix.ensure_power(origin.api, room_id, {u: matrix.ADMIN for u in admins})
+        for sv in servers[1:]:
+            matrix.join_and_alias(sv.api, sv.lead, room_id, origin.record.data["domain"])
+        unrecorded = [sv.recorder for sv in servers if not _await_join(origin.api, room_id, sv.recorder)]
+        members_now = origin.api.room_members(room_id)
+    aliases = ", ".join(f"#{matrix.CONTROL_ALIAS}:{sv.record.data['domain']}" for sv in servers)
+    verb = f"created by {origin.lead}" if created else "exists"
+    log.out.print(f"{aliases} ({room_id}) {verb}; invited: {', '.join(invited) if invited else 'nobody new'}")
+    if unrecorded:
+        die(
+            f"not joined within {RECORDER_WAIT_SECONDS} s: {', '.join(unrecorded)} (#control not recorded there)",
+            hint="on that appliance: `journalctl -u outband-recorder`; re-run this command once it runs",
+        )
+    log.out.print("recorded on every server: " + ", ".join(sv.recorder for sv in servers))
+    _members_table(members_now).show()
 
 
 def _await_recorder(api: matrix.Admin) -> str:
