@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from nio import RoomMessagesResponse
 
-from appliance import https, pebble, process, qemu
+from appliance import https, localnet, pebble, process, qemu
 from tests.e2e import clients
 from tests.e2e.conftest import WEBCLIENT, facts, invoke
 from tests.e2e.load import Team
@@ -157,8 +157,13 @@ def team(second_appliance, tmp_path_factory) -> Team:
 
 def host_goes_down(record, settings) -> None:
     os.kill(int(json.loads(record.file.read_text())["data"]["pid"]), signal.SIGKILL)
-    for name, program in (("pebble", "pebble"), ("challtestsrv", "pebble-challtestsrv")):
-        pid = process.running(pebble.folder(settings.dirs.state) / f"{name}.pid", program)
+    # The host's own helpers go with it: pebble, its DNS, and the appliances' network's DNS.
+    for folder, name, program in (
+        (pebble.folder(settings.dirs.state), "pebble", "pebble"),
+        (pebble.folder(settings.dirs.state), "challtestsrv", "pebble-challtestsrv"),
+        (localnet.folder(settings.dirs.state), "challtestsrv", "pebble-challtestsrv"),
+    ):
+        pid = process.running(folder / f"{name}.pid", program)
         if pid:
             os.kill(pid, signal.SIGKILL)
 

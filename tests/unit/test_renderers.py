@@ -61,6 +61,7 @@ def test_homeserver_yaml_is_valid_yaml(env):
     assert config["listeners"][0]["bind_addresses"] == ["127.0.0.1"]
     assert config["database"]["args"]["host"] == "127.0.0.1"
     assert config["federation_domain_whitelist"] == ["a.example.org", "b.example.net"]
+    assert config["federation"]["destination_max_retry_interval"] == "2m"  # a team member back soon is heard
     assert "federation_custom_ca_list" not in config and "ip_range_whitelist" not in config  # a cloud's
     assert "federation_domain_whitelist" not in render(None)  # --open-federation
     local = render(["a.example.org"], "/etc/synapse/federation-ca.pem", ("10.77.0.0/24",))  # the local target's
