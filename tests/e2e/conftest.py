@@ -109,12 +109,12 @@ def state_dir(settings, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def appliance(baked, store, name: str) -> Iterator:
+def appliance(baked, store, name: str, *options: str) -> Iterator:
     """A launched appliance (the operator's `invoke launch --image …`), destroyed afterwards whatever
     happens, its case record with it (a test's record; the journey shows destroy refusing one)."""
     invoke("destroy", "--name", name, "--yes", "--discard-record")
     try:
-        invoke("launch", "--name", name, "--image", str(baked["image"]))
+        invoke("launch", "--name", name, "--image", str(baked["image"]), *options)
         yield store.require(name)
     finally:
         invoke("destroy", "--name", name, "--yes", "--discard-record", check=False)
@@ -129,8 +129,10 @@ def journey_appliance(baked, store):
 
 @pytest.fixture(scope="session")
 def second_appliance(baked, store):
-    """A second appliance beside the first (lifecycle checks; destroyed by a test)."""
-    with appliance(baked, store, "e2e-b") as record:
+    """A second appliance beside the first (lifecycle checks, surviving its host, the team). It
+    federates with the first from its launch, named by server name: the first is not changed, so
+    until tests/e2e/test_team.py makes them a team it is a server outside the first one's list."""
+    with appliance(baked, store, "e2e-b", "--federate-with", "e2e-a.outband.test") as record:
         yield record
 
 

@@ -18,6 +18,7 @@ import signedjson.key
 import signedjson.sign
 
 from appliance import https, turncheck
+from tests.infra.federation import keys_fetched_by
 
 
 def test_client_api_on_443(get, domain):
@@ -59,24 +60,6 @@ def test_federation_is_with_the_team_only(facts, domain, federation):
     assert member.status == 401, (member.status, member.body[:200])
 
 
-def notary_query(facts: dict, domain: str, server: str) -> list[dict]:
-    """Asks this appliance for `server`'s signing keys (/_matrix/key/v2/query, the notary API):
-    unless they are cached, it fetches them from `server` itself, an outgoing federation request
-    (names and .well-known, TLS to the certificate, the key's signature). Returns the keys it got."""
-    r = https.request(
-        facts["address"],
-        8448,
-        f"matrix.{domain}",
-        "/_matrix/key/v2/query",
-        facts["acme_root"],
-        method="POST",
-        body={"server_keys": {server: {}}},
-        timeout=120,
-    )
-    assert r.status == 200, (r.status, r.body[:200])
-    return [k for k in r.json()["server_keys"] if k.get("server_name") == server]
-
-
 def test_each_team_server_is_reached_over_federation(facts, domain, federation):
     """Issue 18: the federation tester's checks, from this appliance outwards: it reaches every
     other server of its team (their keys, signed by them). A server outside the team is refused
@@ -85,7 +68,7 @@ def test_each_team_server_is_reached_over_federation(facts, domain, federation):
     if not others:
         pytest.skip("no team: this appliance federates with nobody else")
     for server in others:
-        keys = notary_query(facts, domain, server)
+        keys = keys_fetched_by(facts, server)
         assert keys, f"{domain} could not fetch {server}'s signing keys over federation"
         assert server in keys[0]["signatures"], keys[0]
         assert keys[0]["valid_until_ts"] > time.time() * 1000
