@@ -171,6 +171,7 @@ def list_(c: Context) -> None:
         "journey": "also a browser sign-in and 2×50 end-to-end encrypted messages (browser ↔ nio)",
         "case": "also the case recorder under 1,000 encrypted messages + 20 files, and their case.export",
         "load": "also 20 end-to-end encrypted nio clients sending 100 messages each (issue 19's load)",
+        "federation": "also a second appliance as a team: cross-server latency, catch-up after a power cut",
     }
 )
 def bench(
@@ -181,12 +182,15 @@ def bench(
     journey: bool = False,
     case: bool = False,
     load: bool = False,
+    federation: bool = False,
 ) -> None:
     """Measure bake (cold/warm), image size, launch→verified, destroy, idle memory → BENCHMARKS.md."""
     from appliance import bench as bench_mod
 
     with command("bench", c, webclient=webclient) as s:
-        results, accel = bench_mod.run(s, runs=runs, cold=cold, journey=journey, case=case, load=load)
+        results, accel = bench_mod.run(
+            s, runs=runs, cold=cold, journey=journey, case=case, load=load, federation=federation
+        )
         path = bench_mod.write_markdown(s, results, accel)
         log.console.print(path.read_text())
 

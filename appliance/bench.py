@@ -27,6 +27,8 @@ LATENCIES = {
     "journey_nio_to_browser_ms": ("Message sent by a nio device → shown decrypted in the browser", "ms"),
     "case_lag_ms": ("Case record: message accepted by Synapse → line in the case folder (1,000 messages)", "ms"),
     "load_latency_ms": ("Load: message sent → decrypted by each member of its room (20 E2EE clients)", "ms"),
+    "federation_a_to_b_ms": ("Federation: message sent on one appliance → decrypted on the other", "ms"),
+    "federation_b_to_a_ms": ("Federation: the same, the other way", "ms"),
 }
 # Issue 19's load (tests/bench/load.py): what happened to the 2,000 messages, and the appliance's peaks.
 LOAD_FIGURES = {
@@ -39,6 +41,11 @@ LOAD_FIGURES = {
     "load_cpu_peak_pct": ("Load: the appliance's CPU busy, peak of 5 s samples", " %"),
     "load_mem_peak_mb": ("Load: the appliance's memory in use (MemTotal − MemAvailable), peak", " MB"),
     "load_oom_kills": ("Load: OOM killer runs (kernel log)", ""),
+    "federation_catch_up_s": ("Federation: a server back from a power cut → its responder has all 200 missed", " s"),
+    "federation_catch_up_missing": ("Federation: of the 200 missed, never decrypted there", ""),
+    "federation_catch_up_out_of_order": ("Federation: the 200 out of order there (1 = yes)", ""),
+    "federation_catch_up_duplicated": ("Federation: of the 200, seen twice there", ""),
+    "federation_undecryptable": ("Federation: undecryptable events on either side", ""),
     "cut_acknowledged": ("Power cut under load: sends acknowledged in the run that was cut", ""),
     "cut_lost": ("Power cut: acknowledged (before or after it), never decrypted by a member", ""),
     "cut_duplicated": ("Power cut: one message seen twice by a member", ""),
@@ -144,6 +151,7 @@ def run(
     journey: bool = False,
     case: bool = False,
     load: bool = False,
+    federation: bool = False,
 ) -> tuple[dict[str, list[float]], str]:
     """Returns the measurements and the acceleration the appliances ran with."""
     results: dict[str, list[float]] = {k: [] for k in TARGETS}
@@ -200,6 +208,11 @@ def run(
             from tests.bench import load as load_bench
 
             for key, values in load_bench.measure(s, record).items():
+                results.setdefault(key, []).extend(values)
+        if federation:  # issue 18: a second appliance as a team, latency and catch-up (tests/bench/federation.py)
+            from tests.bench import federation as federation_bench
+
+            for key, values in federation_bench.measure(s, record).items():
                 results.setdefault(key, []).extend(values)
         results["guest_used_mb"].append(used)
         # Issue 21: after a host restart the operator runs `invoke start`; measured from a clean stop.
