@@ -75,8 +75,8 @@ def lock(c: Context, only: str = "") -> None:
         "image": "image to boot: a qcow2 path (local) or a snapshot name or id (digitalocean); default: the newest",
         "target": "local (default) or digitalocean",
         "keep-on-failure": "debugging: keep a failed appliance for inspection instead of cleaning it up",
-        "federate-with": "comma-separated team: appliance names from `invoke ls`, or server names elsewhere;"
-        " federation with them only (default: with nobody)",
+        "federate-with": "comma-separated team: appliance names from `invoke ls` (they take this one into"
+        " their teams), or server names elsewhere; federation with them only (default: with nobody)",
         "open-federation": "federate with any Matrix server instead of the team only",
     }
 )
