@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import http, pebble, process
+from appliance import pebble, process
 from appliance.net import free_port, listening
 from appliance.state import private_dir, write_private
 from appliance.wait import wait_until
@@ -91,20 +91,13 @@ def running(state_root: Path) -> bool:
     return process.running(folder(state_root) / "challtestsrv.pid", "pebble-challtestsrv") is not None
 
 
-def _post(state_root: Path, path: str, body: dict) -> None:
-    http.post_json(f"http://{pebble.LISTEN}:{ports(state_root)['management']}/{path}", body)
-
-
 def add_names(state_root: Path, names: list[str], segment_address: str) -> None:
-    for name in names:
-        _post(state_root, "add-a", {"host": f"{name}.", "addresses": [segment_address]})
+    pebble.set_names(ports(state_root)["management"], names, segment_address)
 
 
 def remove_names(state_root: Path, names: list[str]) -> None:
-    if not running(state_root):
-        return
-    for name in names:
-        _post(state_root, "clear-a", {"host": f"{name}."})
+    if running(state_root):  # else the DNS is gone already: nothing to clear
+        pebble.clear_names(ports(state_root)["management"], names)
 
 
 def stop(state_root: Path) -> None:

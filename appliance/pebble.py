@@ -128,20 +128,25 @@ def ensure(state_root: Path) -> AcmeCa:
     return AcmeCa(f"https://{GUEST_HOST}:{p['acme']}/dir", (here / "api-ca.pem").read_text(), here, p)
 
 
-def _challtest(state_root: Path, path: str, body: dict) -> None:
-    http.post_json(f"http://{LISTEN}:{ports(state_root)['challtest']}/{path}", body)
+def set_names(management_port: int, names: list[str], address: str) -> None:
+    """A pebble-challtestsrv's A records for these names, through its management API."""
+    for name in names:
+        http.post_json(f"http://{LISTEN}:{management_port}/add-a", {"host": f"{name}.", "addresses": [address]})
+
+
+def clear_names(management_port: int, names: list[str]) -> None:
+    for name in names:
+        http.post_json(f"http://{LISTEN}:{management_port}/clear-a", {"host": f"{name}."})
 
 
 def add_names(state_root: Path, names: list[str], address: str) -> None:
-    for name in names:
-        _challtest(state_root, "add-a", {"host": f"{name}.", "addresses": [address]})
+    set_names(ports(state_root)["challtest"], names, address)
 
 
 def remove_names(state_root: Path, names: list[str]) -> None:
     if not process.running(folder(state_root) / "challtestsrv.pid", "pebble-challtestsrv"):
         return  # the DNS is gone already: nothing to clear
-    for name in names:
-        _challtest(state_root, "clear-a", {"host": f"{name}."})
+    clear_names(ports(state_root)["challtest"], names)
 
 
 def stop(state_root: Path) -> None:

@@ -156,5 +156,16 @@ def bare_appliance(settings, name: str, image: Path) -> Iterator[tuple]:
         target.destroy(record)
 
 
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop per test module, in its own thread: a client's HTTP session (and a browser)
+    lives in the loop that made it, across the module's fixtures and tests."""
+    from tests.e2e.browser import Loop
+
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
 def facts(record) -> dict:
     return json.loads(record.path("facts.json").read_text())

@@ -29,7 +29,7 @@ from nio.crypto.attachments import decrypt_attachment
 from appliance import matrix, ssh
 from tests.conftest import REPO
 from tests.e2e import clients
-from tests.e2e.browser import Browsers, Loop, trusting_home
+from tests.e2e.browser import Browsers, trusting_home
 from tests.e2e.conftest import REPORTS, facts, invoke
 
 pytestmark = pytest.mark.vm
@@ -46,13 +46,6 @@ def rows(stdout: str) -> list[dict[str, str]]:
     """A piped table: a header line, then one tab-separated line per row."""
     header, *lines = [line for line in stdout.split("\n") if line]  # (no strip: a row may end in an empty cell)
     return [dict(zip(header.split("\t"), line.split("\t"), strict=True)) for line in lines]
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = Loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import pytest
 
 from appliance import https, qemu
 from tests.e2e import clients
-from tests.e2e.browser import Loop
 from tests.e2e.conftest import facts, invoke
 from tests.infra.federation import keys_fetched_by
 
@@ -33,14 +32,6 @@ MEMBERS = "ana,ada,cat,bob,yak"  # ana leads on A, bob on B
 def password(name: str, appliance: str, *extra: str) -> str:
     result = invoke("user.add", name, "--name", appliance, *extra)
     return re.search(r"^password: (\S+)$", result.stdout, re.MULTILINE).group(1)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    """One event loop for the module: a device's HTTP session lives in the loop that made it."""
-    loop = Loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture(scope="module")
