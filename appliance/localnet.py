@@ -23,13 +23,12 @@ the listed domains go to it (systemd-resolved's routing domains); nothing else c
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import pebble, process
-from appliance.net import free_port, listening
-from appliance.state import private_dir, write_private
+from appliance.net import kept_ports, listening
+from appliance.state import private_dir
 from appliance.wait import wait_until
 
 GROUP = "239.255.77.1"  # administratively scoped multicast (RFC 2365): never routed off a site
@@ -52,14 +51,8 @@ def folder(state_root: Path) -> Path:
 
 
 def ports(state_root: Path) -> dict[str, int]:
-    """This state's ports, chosen once (free at that time) and kept: a test session's segment never
-    meets a developer's appliances."""
-    file = folder(state_root) / "ports.json"
-    if file.exists():
-        return json.loads(file.read_text())
-    chosen = {name: free_port() for name in PORT_NAMES}
-    write_private(file, json.dumps(chosen))
-    return chosen
+    """This state's ports (the segment's and its DNS's), chosen once and kept."""
+    return kept_ports(folder(state_root) / "ports.json", PORT_NAMES)
 
 
 def address(host_address: str) -> str:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import socket
+from pathlib import Path
+
+from appliance.state import write_private
 
 LOOPBACK = "127.0.0.1"
 
@@ -33,3 +37,13 @@ def free_port(address: str = LOOPBACK) -> int:
 def listening(port: int, address: str = LOOPBACK) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex((address, port)) == 0
+
+
+def kept_ports(file: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """Loopback ports for a helper of one state directory (pebble, the appliances' DNS), chosen
+    once (free at that time) and kept in `file`: a test session's helpers never meet a developer's."""
+    if file.exists():
+        return json.loads(file.read_text())
+    chosen = {name: free_port() for name in names}
+    write_private(file, json.dumps(chosen))
+    return chosen

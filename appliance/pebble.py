@@ -17,7 +17,7 @@ from pathlib import Path
 import trustme
 
 from appliance import http, log, process
-from appliance.net import free_port, listening
+from appliance.net import kept_ports, listening
 from appliance.run import require
 from appliance.state import private_dir, write_private
 from appliance.wait import wait_until
@@ -46,12 +46,7 @@ def folder(state_root: Path) -> Path:
 
 def ports(state_root: Path) -> dict[str, int]:
     """This state's pebble ports, chosen once (free at that time) and kept."""
-    file = folder(state_root) / "ports.json"
-    if file.exists():
-        return json.loads(file.read_text())
-    chosen = {name: free_port() for name in PORT_NAMES}
-    write_private(file, json.dumps(chosen))
-    return chosen
+    return kept_ports(folder(state_root) / "ports.json", PORT_NAMES)
 
 
 def challtestsrv_argv(dns_port: int, management_port: int) -> list[str]:
