@@ -51,13 +51,18 @@ class Device:
             f"https://matrix.{facts['domain']}",
             f"@{user}:{facts['domain']}",
             store_path=str(store),
-            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
+            # A request may wait on the server's own federation: reading back through a gap makes
+            # an emulated server fetch and check a hundred events from another emulated one (62 s
+            # seen). nio's default gives up after 60 s.
+            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True, request_timeout=300),
             ssl=ctx,
         )
         self.ctx, self.address = ctx, facts["address"]
         self.seen: list = []
         self.created_ms = float("inf")
         self.arrived: dict[str, float] = {}  # body → when this device first had it decrypted
+        # Gaps not read back yet: (room, the sync's prev_batch, where in `seen` the newer events start)
+        self.gaps: list[tuple[str, str, int]] = []
 
     @property
     def user_id(self) -> str:
@@ -89,22 +94,43 @@ class Device:
         if self.client.should_claim_keys:
             await self.client.keys_claim(self.client.get_users_for_key_claiming())
         for room_id, room in response.rooms.join.items() if isinstance(response, SyncResponse) else []:
-            events = list(room.timeline.events)
             if room.timeline.limited and room.timeline.prev_batch:
-                events = await self._backfill(room_id, room.timeline.prev_batch) + events
-            for event in events:
-                self.seen.append(event)
-                if isinstance(event, RoomMessageText):
-                    self.arrived.setdefault(event.body, time.monotonic())
+                self.gaps.append((room_id, room.timeline.prev_batch, len(self.seen)))
+            self.seen.extend(room.timeline.events)
+            self._note(room.timeline.events)
+        await self._fill_gaps()
 
-    async def _backfill(self, room_id: str, token: str) -> list:
+    def _note(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, RoomMessageText):
+                self.arrived.setdefault(event.body, time.monotonic())
+
+    async def _fill_gaps(self) -> None:
         """A limited timeline left a gap (more new events than the sync returns at once): read back
-        through /messages to the events this device already had, as a client fills the gap."""
+        through /messages to the events this device already had, as a client fills the gap, and put
+        them where they belong in the timeline. A gap that could not be read now (the request
+        failed) is read at the next sync, as a client scrolling up tries again."""
+        remaining: list[tuple[str, str, int]] = []
+        for room_id, token, at in sorted(self.gaps, key=lambda gap: -gap[2]):  # later gaps first
+            older = await self._backfill(room_id, token)
+            if older is None:
+                remaining.append((room_id, token, at))
+                continue
+            self.seen[at:at] = older
+            self._note(older)
+            remaining = [(r, t, a + len(older)) for r, t, a in remaining]  # all of them lie after `at`
+        self.gaps = remaining
+
+    async def _backfill(self, room_id: str, token: str) -> list | None:
+        """The events between `token` and those this device already had, oldest first; None if the
+        server did not answer."""
         known = {getattr(e, "event_id", None) for e in self.seen}
         older: list = []
         while token:
             page = await self.client.room_messages(room_id, start=token, limit=100)
-            if not isinstance(page, RoomMessagesResponse) or not page.chunk:
+            if not isinstance(page, RoomMessagesResponse):
+                return None
+            if not page.chunk:
                 break
             fresh = [e for e in page.chunk if e.event_id not in known]
             older += fresh
