@@ -229,6 +229,9 @@ def test_synapse_config(root_files, domain, federation):
     listed = "federation_domain_whitelist: " + json.dumps(federation["servers"])
     assert (listed in config) is not federation["open"]
     assert ("federation_domain_whitelist" in config) is not federation["open"]
+    # The local target's ACME root is trusted for federation only; a cloud's certificates are
+    # publicly trusted, and nothing replaces the system's CAs there.
+    assert ("federation_custom_ca_list" in config) is bool(federation.get("ca_pem"))
     assert "enable_registration: false" in config
     assert "report_stats: false" in config
     assert "turn_allow_guests: false" in config
