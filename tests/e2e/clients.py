@@ -15,6 +15,7 @@ from aiohttp.abc import AbstractResolver
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    EncryptionError,
     LoginResponse,
     MegolmEvent,
     RoomMessagesResponse,
@@ -99,6 +100,19 @@ class Device:
             self.seen.extend(room.timeline.events)
             self._note(room.timeline.events)
         await self._fill_gaps()
+        self._decrypt_late()
+
+    def _decrypt_late(self) -> None:
+        """Messages whose room key had not arrived when they did, decrypted now if it has, as clients
+        do: a key travels as a to-device message, and one queued for a server that was down can
+        reach it after the messages it opens."""
+        for i, event in enumerate(self.seen):
+            if isinstance(event, MegolmEvent):
+                try:
+                    self.seen[i] = self.client.decrypt_event(event)
+                except EncryptionError:
+                    continue
+                self._note([self.seen[i]])
 
     def _note(self, events: list) -> None:
         for event in events:
