@@ -353,9 +353,11 @@ def ensure_power(admin: Admin, room_id: str, wanted: dict[str, int]) -> bool:
     return True
 
 
-def join_and_alias(admin: Admin, lead: str, room_id: str, via: str) -> None:
+def join_and_alias(admin: Admin, lead: str, room_id: str, via: str) -> str | None:
     """On another server of the team: its lead joins the room (invited already; `via` is the server
-    that made it) and gives it this server's alias, #control:<this server>. Idempotent."""
+    that made it) and gives it this server's alias, #control:<this server>. Idempotent. A #control
+    that server had alone (made before it joined the team) loses the alias to the team's room and
+    stays as it is otherwise; its ID is returned so that the operator is told."""
     alias = f"#{CONTROL_ALIAS}:{admin.domain}"
     with admin.as_user(lead) as token:
         admin.check(
@@ -366,19 +368,16 @@ def join_and_alias(admin: Admin, lead: str, room_id: str, via: str) -> None:
         )
         existing = admin.resolve_alias(alias)
         if existing == room_id:
-            return
-        if existing is not None:
-            die(
-                f"{alias} already names another room ({existing})",
-                hint=f"remove that alias on {admin.domain} first (a #control made there alone)",
-                status=ExitStatus.USAGE,
-            )
+            return None
+        if existing is not None:  # the server admin's token may remove any alias of its server
+            admin.check(*admin.request("DELETE", f"/_matrix/client/v3/directory/room/{quote(alias)}"), f"move {alias}")
         admin.check(
             *admin.request(
                 "PUT", f"/_matrix/client/v3/directory/room/{quote(alias)}", {"room_id": room_id}, token=token
             ),
             f"alias {alias}",
         )
+    return existing
 
 
 def ensure_control_room(admin: Admin, lead: str, members: list[str], admins: list[str]) -> tuple[str, list[str], bool]:

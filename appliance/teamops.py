@@ -233,13 +233,18 @@ def _control_room_across(home: Record, others: list[Record], members: list[str],
         admins = [u for sv in servers for u in sv.admins]
         room_id, invited, created = matrix.ensure_control_room(origin.api, origin.lead, everyone, admins)
         matrix.ensure_power(origin.api, room_id, {u: matrix.ADMIN for u in admins})
+        moved = {}
         for sv in servers[1:]:
-            matrix.join_and_alias(sv.api, sv.lead, room_id, origin.record.data["domain"])
+            old = matrix.join_and_alias(sv.api, sv.lead, room_id, origin.record.data["domain"])
+            if old:
+                moved[f"#{matrix.CONTROL_ALIAS}:{sv.record.data['domain']}"] = old
         unrecorded = [sv.recorder for sv in servers if not _await_join(origin.api, room_id, sv.recorder)]
         members_now = origin.api.room_members(room_id)
     aliases = ", ".join(f"#{matrix.CONTROL_ALIAS}:{sv.record.data['domain']}" for sv in servers)
     verb = f"created by {origin.lead}" if created else "exists"
     log.out.print(f"{aliases} ({room_id}) {verb}; invited: {', '.join(invited) if invited else 'nobody new'}")
+    for alias, old in moved.items():
+        log.out.print(f"{alias} named {old}, a room of that server alone: it now names the team's (the old room stays)")
     if unrecorded:
         die(
             f"not joined within {RECORDER_WAIT_SECONDS} s: {', '.join(unrecorded)} (#control not recorded there)",

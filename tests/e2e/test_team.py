@@ -112,8 +112,11 @@ def team(loop, sides, passwords, outsider, tmp_path_factory):
     #control spans both with a lead and a responder on each, the two verified."""
     made = invoke("federate", "--name", A, "--with", B)
     assert sides["b"]["domain"] in made.stdout
+    # B was used alone before it joined (as test_survive's team did): it has a #control of its own.
+    alone = re.search(r"\((![^)]+)\)", invoke("control-room", "--name", B, "--members", "bob").stdout).group(1)
     room = invoke("control-room", "--name", A, "--members", MEMBERS, "--servers", f"{A},{B}")
     room_id = re.search(r"\((![^)]+)\)", room.stdout).group(1)
+    assert f"named {alone}, a room of that server alone: it now names the team's" in room.stdout, room.stdout
     devices = {
         who: clients.Device(sides["a" if who in ("ada", "cat") else "b"], who, tmp_path_factory.mktemp(who))
         for who in ("ada", "cat", "yak")
