@@ -60,11 +60,11 @@ def control_on_a(passwords) -> str:
 
 
 @pytest.fixture(scope="module")
-def outsider(loop, sides, passwords, control_on_a, tmp_path_factory):
-    """eve, on B, before B is in A's team. B itself may talk to A (launched with --federate-with
-    A's server name, which leaves A unchanged), so what refuses her is A's whitelist."""
-    assert sides["a"]["domain"] in sides["b"]["federation"]["servers"]
-    assert sides["b"]["domain"] not in sides["a"]["federation"]["servers"]
+def outsider(loop, journey_appliance, sides, passwords, control_on_a, tmp_path_factory):
+    """eve, on B, before B is in A's team. B itself may talk to A (its own list names A, by server
+    name: A is not changed), so what refuses her is A's whitelist."""
+    invoke("federate", "--name", B, "--with", sides["a"]["domain"])
+    assert sides["b"]["domain"] not in facts(journey_appliance)["federation"]["servers"]
     device = clients.Device(sides["b"], "eve", tmp_path_factory.mktemp("eve"))
 
     async def go() -> None:
