@@ -63,7 +63,7 @@ def test_federation_is_with_the_team_only(facts, domain, federation):
 def test_each_team_server_is_reached_over_federation(facts, domain, federation):
     """Issue 18: the federation tester's checks, from this appliance outwards: it reaches every
     other server of its team (their keys, signed by them). A server outside the team is refused
-    by the whitelist: tests/e2e/test_federation.py shows it with a reachable one."""
+    by the whitelist: tests/e2e/test_team.py shows it with a reachable one."""
     others = [s for s in federation["servers"] if s != domain]
     if not others:
         pytest.skip("no team: this appliance federates with nobody else")
