@@ -262,8 +262,8 @@ def render_site(c: dict, env: jinja2.Environment, tls: bool) -> None:
 
 # The local target's segment between appliances (appliance/localnet.py says why it exists).
 SEGMENT_NETWORK = Path("/etc/systemd/network/20-outband-appliances.network")
-# cloud-init renders the uplink (qemu's user network) as this file; a drop-in adds to it.
-UPLINK_DROPIN = Path("/etc/systemd/network/10-cloud-init-eth0.network.d/outband-appliances.conf")
+# cloud-init renders the uplink (qemu's user network) as 10-cloud-init-eth0.network; a drop-in adds to it.
+UPLINK_DROPIN = Path(PATHS["uplink_dns_dropin"])
 RESOLVED_DROPIN = Path("/etc/systemd/resolved.conf.d/outband-appliances.conf")
 FEDERATION_CA = Path("/etc/synapse/federation-ca.pem")
 
